@@ -1,0 +1,260 @@
+"""Typed configuration of the model: cameras, rendering, patches, generator, discriminator, presets.
+
+Every field has the paper's default (SPEC §1–§6); a preset per paper dataset fills in what differs.
+Configs are plain dataclasses so they serialise to JSON (``dataclasses.asdict``) and back (``from_dict``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+PATCH_DISTRIBUTIONS = ("beta", "uniform", "discrete_uniform")
+BACKGROUNDS = (None, "plane", "sphere")
+CLAMP_MODES = ("softplus", "relu")
+
+
+@dataclass
+class CameraConfig:
+    """The virtual camera of a dataset (SPEC §2.1, §6.3). Distances in world units, fov in degrees."""
+
+    fov: float = 12.0
+    radius: float = 1.0
+    ray_start: float = 0.88
+    ray_end: float = 1.12
+    cube_scale: float = 0.2
+    distribution: str = "custom"  # "custom" (dataset poses) | "spherical_uniform" | "normal"
+    yaw_mean: float = 0.0
+    yaw_std: float = 0.3
+    pitch_mean: float = math.pi / 2
+    pitch_std: float = 0.155
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ray_start < self.ray_end:
+            raise ValueError(f"need 0 < ray_start < ray_end, got {self.ray_start}, {self.ray_end}")
+        if not 0 < self.fov < 180:
+            raise ValueError(f"fov must be in (0, 180) degrees, got {self.fov}")
+
+
+@dataclass
+class SphereBackgroundConfig:
+    """NeRF++ inverted-sphere background MLP (SPEC §1.6)."""
+
+    num_blocks: int = 2
+    channel_base: int = 32768
+    channel_max: int = 128
+    posenc_period_len: float = 64.0
+    num_fourier_freqs: int = 6
+    num_steps: int = 8
+    start: float = 1.0
+    num_ws: int = 4
+
+
+@dataclass
+class RenderConfig:
+    """Volume rendering (SPEC §2.3–2.6)."""
+
+    num_ray_steps: int = 48
+    white_back: bool = False
+    last_back: bool = False
+    density_shift: float = 0.0
+    clamp_mode: str = "softplus"
+    background: str | None = None
+    sphere: SphereBackgroundConfig = field(default_factory=SphereBackgroundConfig)
+    chunk_rays: int = 128 * 128
+
+    def __post_init__(self) -> None:
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
+        if self.clamp_mode not in CLAMP_MODES:
+            raise ValueError(f"clamp_mode must be one of {CLAMP_MODES}, got {self.clamp_mode!r}")
+        if self.num_ray_steps < 2:
+            raise ValueError(f"num_ray_steps must be ≥ 2, got {self.num_ray_steps}")
+
+
+@dataclass
+class PatchConfig:
+    """Patch-scale sampling (SPEC §3). ``min_scale`` defaults to resolution / image_resolution."""
+
+    image_resolution: int = 256
+    resolution: int = 64
+    enabled: bool = True
+    distribution: str = "beta"
+    min_scale: float | None = None
+    max_scale: float = 1.0
+    alpha: float = 1.0
+    beta_start: float = 0.001
+    beta_end: float = 0.8
+    anneal_kimg: float = 10000.0
+    discrete_support: tuple[float, ...] = (0.25, 1.0)
+    group_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.distribution not in PATCH_DISTRIBUTIONS:
+            raise ValueError(f"patch distribution must be one of {PATCH_DISTRIBUTIONS}, got {self.distribution!r}")
+        if self.resolution > self.image_resolution:
+            raise ValueError(f"patch resolution {self.resolution} exceeds image resolution {self.image_resolution}")
+        if self.min_scale is None:
+            self.min_scale = self.resolution / self.image_resolution
+        if self.min_scale * self.image_resolution < self.resolution - 1e-6:
+            raise ValueError(
+                f"min_scale {self.min_scale} would upsample patches beyond the native resolution "
+                f"(need min_scale ≥ {self.resolution}/{self.image_resolution})"
+            )
+        if not 0 < self.min_scale <= self.max_scale <= 1:
+            raise ValueError(f"need 0 < min_scale ≤ max_scale ≤ 1, got {self.min_scale}, {self.max_scale}")
+        self.discrete_support = tuple(self.discrete_support)
+
+
+@dataclass
+class GeneratorConfig:
+    """Tri-plane generator architecture (SPEC §1)."""
+
+    z_dim: int = 512
+    w_dim: int = 512
+    c_dim: int = 0
+    mapping_layers: int = 2
+    image_resolution: int = 256
+    patch_resolution: int = 64
+    triplane_resolution: int = 512
+    triplane_channels: int = 32
+    channel_base: int = 32768
+    channel_max: int = 512
+    use_noise: bool = True
+    conv_clamp: float | None = 256.0
+    mlp_hidden: int = 64
+    mlp_layers: int = 2
+    camera_cond: bool = False
+    camera_cond_drop_p: float = 0.0
+    camera_cond_noise_std: float = 0.0
+    mean_camera_pose: tuple[float, float, float] = (0.0, math.pi / 2, 0.0)
+    nerf_noise_std_init: float = 1.0
+    nerf_noise_kimg_growth: float = 5000.0
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+    def __post_init__(self) -> None:
+        self.mean_camera_pose = tuple(self.mean_camera_pose)
+        if self.mlp_layers < 1:
+            raise ValueError(f"mlp_layers must be ≥ 1, got {self.mlp_layers}")
+
+
+@dataclass
+class DiscriminatorConfig:
+    """Patch discriminator (SPEC §4). ``input_resolution`` is the patch size r it sees."""
+
+    image_resolution: int = 256
+    input_resolution: int = 64
+    c_dim: int = 0
+    channel_base: int = 16384
+    channel_max: int = 512
+    conv_clamp: float | None = 256.0
+    num_fp16_res: int = 4
+    mbstd_group_size: int = 4
+    mbstd_num_channels: int = 1
+    hyper_mod: bool = True
+    hyper_mod_dim: int = 512
+    patch_params_cond: bool = True
+    camera_cond: bool = False
+    camera_cond_raw: bool = False
+    camera_cond_drop_p: float = 0.0
+    camera_cond_noise_std: float = 0.0
+
+    @property
+    def num_additional_start_blocks(self) -> int:
+        """Stride-1 start blocks: log2(R / r), so depth and widths equal a D built for R² inputs."""
+        return int(round(math.log2(self.image_resolution / self.input_resolution)))
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines the networks and the patch distribution they are trained with."""
+
+    name: str = "custom"
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    patch: PatchConfig = field(default_factory=PatchConfig)
+    r1_gamma: float = 0.1
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output; unknown keys are an error."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kwargs = {}
+    for key, value in data.items():
+        sub = _dataclass_type(cls, key)
+        kwargs[key] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+def _dataclass_type(cls: type, name: str) -> type | None:
+    default = next(f for f in dataclasses.fields(cls) if f.name == name).default_factory
+    if default is dataclasses.MISSING:
+        return None
+    probe = default()
+    return type(probe) if dataclasses.is_dataclass(probe) else None
+
+
+def _paper_preset(name: str, resolution: int, camera: CameraConfig, c_dim: int, gamma: float,
+                  white_back: bool) -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        generator=GeneratorConfig(
+            c_dim=c_dim, image_resolution=resolution, camera=camera,
+            render=RenderConfig(white_back=white_back),
+        ),
+        discriminator=DiscriminatorConfig(image_resolution=resolution, c_dim=c_dim),
+        patch=PatchConfig(image_resolution=resolution),
+        r1_gamma=gamma,
+    )
+
+
+FFHQ_CAMERA = CameraConfig(fov=12.0, radius=1.0, ray_start=0.88, ray_end=1.12, cube_scale=0.2, distribution="custom")
+MEGASCANS_CAMERA = CameraConfig(fov=30.0, radius=1.0, ray_start=0.75, ray_end=1.25, cube_scale=0.475,
+                                distribution="spherical_uniform")
+
+
+def preset(name: str) -> ModelConfig:
+    """A fresh config for a named preset: the paper's datasets and the CPU-friendly ``builtin``."""
+    presets = {
+        "ffhq512": lambda: _paper_preset("ffhq512", 512, dataclasses.replace(FFHQ_CAMERA), 0, 0.1, False),
+        "ffhq256": lambda: _paper_preset("ffhq256", 256, dataclasses.replace(FFHQ_CAMERA), 0, 0.1, False),
+        "cats256": lambda: _paper_preset("cats256", 256, dataclasses.replace(FFHQ_CAMERA), 0, 0.05, False),
+        "plants256": lambda: _paper_preset("plants256", 256, dataclasses.replace(MEGASCANS_CAMERA), 198, 0.05, True),
+        "food256": lambda: _paper_preset("food256", 256, dataclasses.replace(MEGASCANS_CAMERA), 10, 0.05, True),
+        "builtin": _builtin_preset,
+    }
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
+    return presets[name]()
+
+
+PRESETS = ("ffhq512", "ffhq256", "cats256", "plants256", "food256", "builtin")
+
+
+def _builtin_preset() -> ModelConfig:
+    """Small, CPU-trainable model for the built-in 64² object dataset (Megascans-like cameras)."""
+    resolution, patch = 64, 32
+    return ModelConfig(
+        name="builtin",
+        generator=GeneratorConfig(
+            z_dim=128, w_dim=128, image_resolution=resolution, patch_resolution=patch,
+            triplane_resolution=64, triplane_channels=16, channel_base=4096, channel_max=128,
+            mlp_hidden=32, camera=dataclasses.replace(MEGASCANS_CAMERA),
+            render=RenderConfig(num_ray_steps=16, white_back=True),
+        ),
+        discriminator=DiscriminatorConfig(
+            image_resolution=resolution, input_resolution=patch, channel_base=2048, channel_max=128,
+            hyper_mod_dim=128,
+        ),
+        patch=PatchConfig(image_resolution=resolution, resolution=patch),
+        r1_gamma=0.05,
+    )

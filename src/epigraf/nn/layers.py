@@ -1,0 +1,199 @@
+"""StyleGAN2-style building blocks in plain PyTorch.
+
+Equalised learning rate (weights stored at unit scale and multiplied by ``1/sqrt(fan_in)`` at run
+time), FIR resampling with the [1, 3, 3, 1] filter, modulated convolutions and the minibatch
+standard-deviation layer. Written from the StyleGAN2 / StyleGAN2-ADA papers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LRELU_SLOPE = 0.2
+LRELU_GAIN = math.sqrt(2.0)
+
+
+def lrelu_clamped(x: Tensor, gain: float = 1.0, clamp: float | None = None) -> Tensor:
+    """Leaky ReLU (slope 0.2) times ``sqrt(2) * gain``, then clamp to ``±clamp * gain``."""
+    x = F.leaky_relu(x, LRELU_SLOPE) * (LRELU_GAIN * gain)
+    if clamp is not None:
+        x = x.clamp(-clamp * gain, clamp * gain)
+    return x
+
+
+def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
+    """x / sqrt(mean(x²) + eps) along ``dim``."""
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+def fir_filter_2d(taps: tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)) -> Tensor:
+    """Separable 2D low-pass filter, the outer product of ``taps`` normalised to sum 1. [K, K]."""
+    f = torch.tensor(taps, dtype=torch.float32)
+    f = torch.outer(f, f)
+    return f / f.sum()
+
+
+def _fir(x: Tensor, f: Tensor, pad: tuple[int, int, int, int], gain: float) -> Tensor:
+    """Depthwise convolution of x [B, C, H, W] with the 2D filter f after zero padding (l, r, t, b)."""
+    c = x.shape[1]
+    x = F.pad(x, pad)
+    # The filter is symmetric, so correlation and convolution agree.
+    weight = (f * gain).to(x.dtype)[None, None].expand(c, 1, *f.shape)
+    return F.conv2d(x, weight, groups=c)
+
+
+def upsample2d(x: Tensor, f: Tensor) -> Tensor:
+    """2× FIR up-sampling: zero insertion, pad (2, 1), filter with gain 4. [B,C,H,W] → [B,C,2H,2W]."""
+    b, c, h, w = x.shape
+    up = x.new_zeros(b, c, h, 2, w, 2)
+    up[:, :, :, 0, :, 0] = x
+    up = up.reshape(b, c, 2 * h, 2 * w)
+    k = f.shape[-1]
+    p0, p1 = (k + 1) // 2, (k - 2) // 2
+    return _fir(up, f, (p0, p1, p0, p1), gain=4.0)
+
+
+def downsample2d(x: Tensor, f: Tensor) -> Tensor:
+    """2× FIR down-sampling: pad (1, 1), filter, keep every second pixel. [B,C,H,W] → [B,C,H/2,W/2]."""
+    k = f.shape[-1]
+    p0, p1 = (k - 1) // 2, (k - 2) // 2
+    return _fir(x, f, (p0, p1, p0, p1), gain=1.0)[:, :, ::2, ::2]
+
+
+class FullyConnected(nn.Module):
+    """Equalised-lr linear layer: y = act(x · (w·lr/√in)ᵀ + b·lr).
+
+    Weights are stored as N(0, 1)/lr_multiplier so that Adam's effective step scales with lr_multiplier.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: bool = False,
+        lr_multiplier: float = 1.0,
+        bias_init: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init)))
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., in] → [..., out]."""
+        w = self.weight.to(x.dtype) * self.weight_gain
+        b = self.bias.to(x.dtype)
+        if self.bias_gain != 1:
+            b = b * self.bias_gain
+        x = F.linear(x, w, b)
+        return F.leaky_relu(x, LRELU_SLOPE) * LRELU_GAIN if self.activation else x
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, lrelu={self.activation}"
+
+
+class Conv2dLayer(nn.Module):
+    """Equalised-lr convolution with optional 2× FIR down-sampling, bias, lrelu and clamp.
+
+    Down-sampling follows StyleGAN2: a 3×3 conv low-pass filters with padding 2 then convolves with
+    stride 2; a 1×1 conv down-samples with the FIR filter first.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        activation: bool = True,
+        down: bool = False,
+        conv_clamp: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.activation, self.down, self.conv_clamp = activation, down, conv_clamp
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        self.register_buffer("resample_filter", fir_filter_2d(), persistent=False)
+
+    def forward(self, x: Tensor, gain: float = 1.0) -> Tensor:
+        """x [B, in, H, W] → [B, out, H', W'] (H' = H/2 when down-sampling)."""
+        w = self.weight.to(x.dtype) * self.weight_gain
+        f = self.resample_filter
+        if self.down and self.kernel_size == 1:
+            x = F.conv2d(downsample2d(x, f), w)
+        elif self.down:
+            pad = self.kernel_size // 2 + 1
+            x = F.conv2d(_fir(x, f, (pad, pad, pad, pad), gain=1.0), w, stride=2)
+        else:
+            x = F.conv2d(x, w, padding=self.kernel_size // 2)
+        if self.bias is not None:
+            x = x + self.bias.to(x.dtype)[None, :, None, None]
+        if self.activation:
+            return lrelu_clamped(x, gain, self.conv_clamp)
+        if gain != 1:
+            x = x * gain
+        if self.conv_clamp is not None:
+            x = x.clamp(-self.conv_clamp * gain, self.conv_clamp * gain)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_channels}, out={self.out_channels}, k={self.kernel_size}, down={self.down}"
+
+
+def modulated_conv2d(
+    x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool = True, up_filter: Tensor | None = None
+) -> Tensor:
+    """StyleGAN2 weight (de)modulation, computed on activations (one shared convolution).
+
+    x [B, I, H, W], weight [O, I, k, k], styles [B, I] → [B, O, H', W'] with H' = 2H when an
+    ``up_filter`` is given. Scaling the input channels by the styles and the output channels by the
+    demodulation coefficients equals convolving with per-sample modulated weights, but runs as one
+    batched convolution. Padding keeps the size (k // 2); the up-sampling path is a stride-2
+    transposed convolution followed by the FIR filter (gain 4), as in StyleGAN2.
+    """
+    weight = weight.to(x.dtype)
+    k = weight.shape[-1]
+    x = x * styles[:, :, None, None]
+    if up_filter is None:
+        x = F.conv2d(x, weight, padding=k // 2)
+    else:
+        x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)  # [B, O, 2H + k - 2, 2W + k - 2]
+        pad = 5 - k  # the 4-tap filter brings the size back to 2H
+        x = _fir(x, up_filter, (pad - pad // 2, pad // 2, pad - pad // 2, pad // 2), gain=4.0)
+    if demodulate:
+        dcoefs = (styles.square() @ weight.square().sum(dim=(2, 3)).T + 1e-8).rsqrt()  # [B, O]
+        x = x * dcoefs[:, :, None, None]
+    return x
+
+
+class MinibatchStd(nn.Module):
+    """Appends the per-group feature standard deviation as extra channels.
+
+    Groups are strided: with G = min(group_size, N), sample n belongs to group n mod (N / G).
+    """
+
+    def __init__(self, group_size: int, num_channels: int = 1) -> None:
+        super().__init__()
+        self.group_size, self.num_channels = group_size, num_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [N, C, H, W] → [N, C + num_channels, H, W]."""
+        n, c, h, w = x.shape
+        g = min(self.group_size, n)
+        if n % g != 0:
+            raise ValueError(f"minibatch-stddev: batch {n} is not divisible by the group size {g}")
+        f = self.num_channels
+        y = x.reshape(g, -1, f, c // f, h, w)
+        y = (y - y.mean(dim=0)).square().mean(dim=0)
+        y = (y + 1e-8).sqrt().mean(dim=(2, 3, 4))  # [N/G, F]
+        y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)
+        return torch.cat([x, y], dim=1)
