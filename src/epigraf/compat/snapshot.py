@@ -1,0 +1,388 @@
+"""Safe reader for the original implementation's network-snapshot pickles (SPEC §12.3).
+
+The original writes ``network-snapshot-<kimg>.pkl`` with a persistence mechanism that, on a normal
+``pickle.load``, executes the Python source embedded in the file. This module reads such files with a
+restricted unpickler: only the globals listed in ``fixtures/original/PICKLE_FORMAT.md`` resolve, the
+persistence records come back as plain data, every other class is an inert placeholder, and the
+embedded storages are decoded by torch's weights-only loader on CPU. Nothing from the file is executed
+and no original module is imported.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import warnings
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "OriginalSnapshot",
+    "SnapshotFormatError",
+    "UnsafePickleError",
+    "read_original_snapshot",
+    "read_original_state_dict",
+]
+
+NETWORK_NAMES = ("G", "G_ema", "D")
+
+
+class UnsafePickleError(ValueError):
+    """The pickle references a global outside the allow-list; nothing from it was executed."""
+
+    def __init__(self, global_name: str, detail: str = "") -> None:
+        self.global_name = global_name
+        message = (
+            f"refusing to load '{global_name}': it is not on the allow-list of the original's snapshot "
+            "format (PICKLE_FORMAT.md), and loading it could execute code from the file"
+        )
+        super().__init__(f"{message}; {detail}" if detail else message)
+
+
+class SnapshotFormatError(ValueError):
+    """The file is readable safely, but is not shaped like an original network snapshot."""
+
+
+class _Placeholder:
+    """Inert stand-in for a class that the reader must not import.
+
+    The pickle may create it through NEWOBJ (``cls.__new__(cls, *args)``), REDUCE (``cls(*args)``),
+    BUILD (``__setstate__``) and SETITEMS (``__setitem__``); each just records what it receives so
+    that the caller can inspect it as data.
+    """
+
+    origin: ClassVar[str] = ""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    entries: dict[Any, Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Placeholder:
+        # NEWOBJ calls only __new__, so the arguments must be captured here rather than in __init__.
+        obj = super().__new__(cls)
+        obj.args = args
+        obj.kwargs = kwargs
+        obj.state = None
+        obj.entries = {}
+        return obj
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.entries[key] = value
+
+    def __repr__(self) -> str:
+        return f"<placeholder for {self.origin}>"
+
+
+def _placeholder_class(module: str, name: str) -> type[_Placeholder]:
+    return type(name, (_Placeholder,), {"origin": f"{module}.{name}", "__module__": __name__})
+
+
+_PLACEHOLDER_GLOBALS = (
+    ("torch.nn.modules.container", "Sequential"),
+    ("torch.nn.modules.container", "ModuleList"),
+    ("torch.nn.modules.sparse", "Embedding"),
+    ("torch.optim.adam", "Adam"),
+    ("src.dnnlib.util", "EasyDict"),
+    ("dnnlib.util", "EasyDict"),
+    ("omegaconf.dictconfig", "DictConfig"),
+    ("omegaconf.listconfig", "ListConfig"),
+    ("omegaconf.base", "ContainerMetadata"),
+    ("omegaconf.base", "Metadata"),
+    ("omegaconf.nodes", "AnyNode"),
+    ("typing", "Any"),
+    ("collections", "defaultdict"),
+    ("builtins", "dict"),
+    ("builtins", "list"),
+    ("builtins", "int"),
+)
+_PLACEHOLDERS: dict[tuple[str, str], type[_Placeholder]] = {
+    key: _placeholder_class(*key) for key in _PLACEHOLDER_GLOBALS
+}
+# Ordinary torch modules pickled inside a network: their BUILD state is the module's attribute dict.
+_MODULE_PLACEHOLDERS = frozenset(
+    _PLACEHOLDERS[key]
+    for key in (
+        ("torch.nn.modules.container", "Sequential"),
+        ("torch.nn.modules.container", "ModuleList"),
+        ("torch.nn.modules.sparse", "Embedding"),
+    )
+)
+
+
+def _load_storage(data: bytes) -> torch.storage.TypedStorage:
+    """Decode one embedded storage, replacing ``torch.storage._load_from_bytes``.
+
+    The bytes are a whole legacy-format ``torch.save`` file. The original decodes them with an
+    unrestricted ``torch.load``; here torch's weights-only loader does it, and ``map_location`` moves
+    storages recorded on a GPU (``cuda:0`` in snapshots saved during training) to the CPU.
+    """
+    if not isinstance(data, bytes):
+        raise SnapshotFormatError(f"embedded storage is {type(data).__name__}, expected bytes")
+    with warnings.catch_warnings():
+        # The legacy format can only hold TypedStorage, whose use torch flags as deprecated.
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
+        try:
+            storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise UnsafePickleError(
+                "torch.storage._load_from_bytes", f"torch's weights-only loader refused its payload: {err}"
+            ) from err
+        except (RuntimeError, EOFError) as err:
+            raise SnapshotFormatError(f"cannot decode an embedded storage: {err}") from err
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise SnapshotFormatError(f"embedded storage bytes hold a {type(storage).__name__}, not a storage")
+    return storage
+
+
+def _check_no_hooks(backward_hooks: Any) -> None:
+    # Hooks would be callables attached to the tensor; snapshots never carry any.
+    if not isinstance(backward_hooks, dict) or backward_hooks:
+        raise SnapshotFormatError("a stored tensor carries backward hooks; snapshots never do")
+
+
+def _rebuild_tensor(
+    storage: Any,
+    storage_offset: int,
+    size: tuple[int, ...],
+    stride: tuple[int, ...],
+    requires_grad: bool,
+    backward_hooks: Any,
+    metadata: Any = None,
+) -> Tensor:
+    """``torch._utils._rebuild_tensor_v2`` after checking that its inputs are plain data."""
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise SnapshotFormatError(f"tensor storage is a {type(storage).__name__}, not a decoded storage")
+    _check_no_hooks(backward_hooks)
+    return torch._utils._rebuild_tensor_v2(
+        storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata
+    )
+
+
+def _rebuild_parameter(data: Any, requires_grad: bool, backward_hooks: Any) -> torch.nn.Parameter:
+    """``torch._utils._rebuild_parameter`` after checking that its inputs are plain data."""
+    if type(data) is not Tensor:
+        raise SnapshotFormatError(f"parameter data is a {type(data).__name__}, not a tensor")
+    _check_no_hooks(backward_hooks)
+    return torch.nn.Parameter(data, requires_grad=requires_grad)
+
+
+def _persistent_record(meta: Any) -> dict[str, Any]:
+    """Stand-in for ``_reconstruct_persistent_obj``: the record's ``meta`` dict, kept as data.
+
+    The original would execute ``meta['module_src']`` and instantiate ``meta['class_name']``.
+    """
+    if not isinstance(meta, dict) or not isinstance(meta.get("state"), dict):
+        raise SnapshotFormatError("a persistent-object record has no 'state' dict")
+    return meta
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    # numpy 2 renamed numpy.core to numpy._core; files name whichever the writer had, and the
+    # functions are taken from live objects so that this works on either numpy version.
+    reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]
+    scalar = np.float64(0).__reduce__()[0]
+    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        table.update(
+            {
+                (module, "_reconstruct"): reconstruct,
+                (module, "scalar"): scalar,
+                (module, "ndarray"): np.ndarray,
+                (module, "dtype"): np.dtype,
+            }
+        )
+    return table
+
+
+_ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): _load_storage,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("src.torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
+    **_numpy_globals(),
+    **_PLACEHOLDERS,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals of the original's snapshot format.
+
+    Every lookup of a class or function goes through :meth:`find_class` (GLOBAL, STACK_GLOBAL, INST,
+    OBJ and the copyreg extension codes alike), so refusing there refuses before anything is called.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(f"{module}.{name}") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError("persistent id", f"snapshots contain no persistent ids (got {pid!r:.80})")
+
+
+@dataclass(frozen=True)
+class OriginalSnapshot:
+    """The contents of an original snapshot that a converter needs.
+
+    ``G``, ``G_ema`` and ``D`` are state dicts under the original key names, in the original
+    ``state_dict()`` order, with CPU tensors in their stored dtypes. ``G_ema`` is the network used for
+    inference. ``augment_p`` is the ADA probability (None without an augment pipe).
+    """
+
+    G: OrderedDict[str, Tensor]
+    G_ema: OrderedDict[str, Tensor]
+    D: OrderedDict[str, Tensor]
+    augment_p: float | None
+    stats: dict[str, Any]
+    training_set_kwargs: dict[str, Any]
+
+
+def _module_state(node: Any, where: str) -> dict[str, Any]:
+    if isinstance(node, _Placeholder) and type(node) in _MODULE_PLACEHOLDERS:
+        state = node.state
+    elif isinstance(node, dict) and node.get("type") == "class":
+        state = node.get("state")
+    else:
+        raise SnapshotFormatError(f"'{where}' is a {type(node).__name__}, not a network module")
+    if not isinstance(state, dict):
+        raise SnapshotFormatError(f"'{where}' has no module state")
+    return state
+
+
+def _slot(state: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    # A missing slot is empty, as for modules pickled before torch added it.
+    value = state.get(name)
+    if value is None:
+        return kind[0]() if isinstance(kind, tuple) else kind()
+    if not isinstance(value, kind):
+        raise SnapshotFormatError(f"'{where}' has a {type(value).__name__} as {name}")
+    return value
+
+
+def _as_plain_tensor(value: Any, key: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise SnapshotFormatError(f"'{key}' is a {type(value).__name__}, not a tensor")
+    # detach() turns a Parameter into a plain tensor on the same memory, as state_dict() does.
+    return value.detach()
+
+
+def _flatten(node: Any, prefix: str, out: OrderedDict[str, Tensor], where: str) -> None:
+    """Append a module's state-dict entries in ``torch.nn.Module.state_dict()`` order."""
+    state = _module_state(node, where)
+    non_persistent = _slot(state, "_non_persistent_buffers_set", (set, frozenset), where)
+    for name, value in _slot(state, "_parameters", dict, where).items():
+        if value is not None:
+            out[prefix + name] = _as_plain_tensor(value, prefix + name)
+    for name, value in _slot(state, "_buffers", dict, where).items():
+        if value is not None and name not in non_persistent:
+            out[prefix + name] = _as_plain_tensor(value, prefix + name)
+    for name, child in _slot(state, "_modules", dict, where).items():
+        if child is not None:
+            _flatten(child, f"{prefix}{name}.", out, f"{where}.{name}")
+
+
+def _plain_dict(value: Any, key: str) -> dict[str, Any]:
+    # Older StyleGAN-derived loops store some of these as EasyDict, which arrives as a placeholder.
+    if isinstance(value, _Placeholder):
+        return dict(value.entries)
+    if isinstance(value, dict):
+        return dict(value)
+    if value is None:
+        return {}
+    raise SnapshotFormatError(f"snapshot entry '{key}' is a {type(value).__name__}, expected a dict")
+
+
+def _augment_p(pipe: Any) -> float | None:
+    if pipe is None:
+        return None
+    p = _slot(_module_state(pipe, "augment_pipe"), "_buffers", dict, "augment_pipe").get("p")
+    return None if p is None else float(p)
+
+
+def read_original_snapshot(path: str | Path) -> OriginalSnapshot:
+    """Read an original ``network-snapshot-*.pkl`` without executing anything from it.
+
+    Raises :class:`UnsafePickleError` when the file references a global outside the snapshot format,
+    and :class:`SnapshotFormatError` when it is not a snapshot (not a pickle, or no G/G_ema/D).
+    """
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        raise SnapshotFormatError(
+            f"{path} is a zip archive (a torch.save checkpoint?), not a snapshot pickle; "
+            "use read_original_state_dict for state-dict files"
+        )
+    with path.open("rb") as f:
+        try:
+            data = RestrictedUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError) as err:
+            raise SnapshotFormatError(f"{path} is not a readable pickle: {err}") from err
+    if not isinstance(data, dict):
+        raise SnapshotFormatError(f"{path} holds a {type(data).__name__}, not a snapshot dict")
+    missing = [name for name in NETWORK_NAMES if name not in data]
+    if missing:
+        raise SnapshotFormatError(
+            f"{path} is not a network snapshot: it lacks {missing} (top-level keys: {sorted(map(str, data))})"
+        )
+    networks: dict[str, OrderedDict[str, Tensor]] = {}
+    for name in NETWORK_NAMES:
+        networks[name] = OrderedDict()
+        _flatten(data[name], "", networks[name], name)
+    return OriginalSnapshot(
+        G=networks["G"],
+        G_ema=networks["G_ema"],
+        D=networks["D"],
+        augment_p=_augment_p(data.get("augment_pipe")),
+        stats=_plain_dict(data.get("stats"), "stats"),
+        training_set_kwargs=_plain_dict(data.get("training_set_kwargs"), "training_set_kwargs"),
+    )
+
+
+def read_original_state_dict(path: str | Path, which: str = "G_ema") -> dict[str, Tensor]:
+    """Read a plain state-dict file under the original key names onto the CPU.
+
+    ``.safetensors`` files are flat. ``.pt``/``.pth``/``.pkl`` files are read by torch's weights-only
+    loader and may hold either a flat name → tensor dict, or a dict of such dicts under ``G``, ``G_ema``
+    and ``D``, of which ``which`` is returned (it is ignored for flat files). Snapshot pickles are read
+    by :func:`read_original_snapshot` instead.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        # load_file may memory-map the file; cloning detaches the result from it.
+        return {key: value.clone() for key, value in load_file(path, device="cpu").items()}
+    if suffix not in (".pt", ".pth", ".pkl"):
+        raise ValueError(f"{path}: unsupported state-dict file type '{suffix}'")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as err:
+        raise SnapshotFormatError(
+            f"{path} is not a weights-only torch file ({err}); for a network snapshot use "
+            "read_original_snapshot"
+        ) from err
+    if not isinstance(obj, dict):
+        raise SnapshotFormatError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    if any(name in obj and isinstance(obj[name], dict) for name in NETWORK_NAMES):
+        if which not in NETWORK_NAMES:
+            raise ValueError(f"which must be one of {NETWORK_NAMES}, got {which!r}")
+        if not isinstance(obj.get(which), dict):
+            raise SnapshotFormatError(f"{path} has no '{which}' state dict (keys: {sorted(map(str, obj))})")
+        obj = obj[which]
+    return {str(key): _as_plain_tensor(value, str(key)) for key, value in obj.items()}
