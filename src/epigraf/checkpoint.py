@@ -1,0 +1,111 @@
+"""Our network checkpoint: one safetensors file, no pickles, no code.
+
+Tensors are stored under ``G_ema.``, ``G.`` and ``D.`` prefixes (G and D optional); the resolved
+ModelConfig is stored as JSON in the file's metadata, so the file alone rebuilds the networks.
+Training state (optimisers, counters, RNG) lives in a separate file written by the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from epigraf.config import ModelConfig, from_dict
+from epigraf.nn.discriminator import Discriminator
+from epigraf.nn.generator import Generator
+from epigraf.nn.state import load_state_strict
+
+FORMAT = "epigraf-checkpoint-1"
+NETWORKS = ("G_ema", "G", "D")
+
+
+@dataclass
+class Checkpoint:
+    """Networks rebuilt from a checkpoint. ``G_ema`` is the one to render with."""
+
+    config: ModelConfig
+    G_ema: Generator
+    G: Generator | None = None
+    D: Discriminator | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    config: ModelConfig,
+    G_ema: Generator,
+    G: Generator | None = None,
+    D: Discriminator | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write networks + config atomically (temporary file, then rename). Returns the path."""
+    path = Path(path)
+    tensors = {}
+    for name, net in (("G_ema", G_ema), ("G", G), ("D", D)):
+        if net is not None:
+            tensors.update({f"{name}.{k}": v.detach().to("cpu", copy=True).contiguous()
+                            for k, v in net.state_dict().items()})
+    meta = {
+        "format": FORMAT,
+        "config": json.dumps(dataclasses.asdict(config)),
+        "metadata": json.dumps(metadata or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not an epigraf checkpoint (not a readable safetensors file: {err})") from err
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the networks stored in ``path`` (eval mode, on ``device``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    meta = _read_metadata(path)
+    if meta.get("format") != FORMAT:
+        hint = " (an original EpiGRAF .pkl must first be converted with `epigraf import`)" \
+            if path.suffix == ".pkl" else ""
+        raise ValueError(f"{path} is not an epigraf checkpoint: format {meta.get('format')!r}{hint}")
+    try:
+        config = from_dict(ModelConfig, json.loads(meta["config"]))
+    except (KeyError, json.JSONDecodeError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: the stored config is unreadable: {err}") from err
+    tensors = load_file(str(path), device="cpu")
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        name, _, sub = key.partition(".")
+        if name not in NETWORKS:
+            raise ValueError(f"{path}: unexpected tensor {key!r}")
+        groups.setdefault(name, {})[sub] = value
+    if "G_ema" not in groups:
+        raise ValueError(f"{path}: the checkpoint holds no G_ema weights")
+
+    def build(name: str, net: nn.Module) -> nn.Module:
+        load_state_strict(net, groups[name], f"{path} {name}")
+        return net.to(device).eval()
+
+    return Checkpoint(
+        config=config,
+        G_ema=build("G_ema", Generator(config.generator)),
+        G=build("G", Generator(config.generator)) if "G" in groups else None,
+        D=build("D", Discriminator(config.discriminator)) if "D" in groups else None,
+        metadata=json.loads(meta.get("metadata", "{}")),
+    )

@@ -1,0 +1,72 @@
+"""The radiance field: tri-plane lookup + a small shared MLP (SPEC §1.3–1.4).
+
+A world point p is divided by ``cube_scale`` and projected onto three axis-aligned planes
+P0 ← (x, y), P1 ← (x, z), P2 ← (y, z) (first coordinate = plane column); the bilinear samples
+(align_corners=True, zero padding) are averaged and decoded by the MLP into (r, g, b, raw density).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from epigraf.nn.layers import FullyConnected
+
+# Which point coordinates index (columns, rows) of planes P0, P1, P2.
+PLANE_AXES = ((0, 1), (0, 2), (1, 2))
+
+
+def split_planes(planes: Tensor, channels: int) -> Tensor:
+    """Decoder output [B, ≥3F, R, R] → planes [B, 3, F, R, R] (channels kF … (k+1)F − 1 form plane k)."""
+    b, _, h, w = planes.shape
+    return planes[:, : 3 * channels].reshape(b, 3, channels, h, w)
+
+
+def query_triplanes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
+    """Bilinear tri-plane features per plane.
+
+    planes [B, 3, F, R, R], points [B, P, 3] in world units → [B, 3, P, F].
+    """
+    b, _, f, h, w = planes.shape
+    coords = points / cube_scale
+    grid = torch.stack([coords[..., list(axes)] for axes in PLANE_AXES], dim=1)  # [B, 3, P, 2]
+    sampled = F.grid_sample(
+        planes.reshape(b * 3, f, h, w),
+        grid.reshape(b * 3, 1, -1, 2),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=True,
+    )  # [B*3, F, 1, P]
+    return sampled.reshape(b, 3, f, -1).transpose(2, 3)
+
+
+class TriPlaneMLP(nn.Module):
+    """Shared decoder of mean tri-plane features: ``num_layers`` equalised-lr FC layers, lrelu between.
+
+    Outputs (r, g, b, raw density) with no output activation: colour is directly in the data range.
+    """
+
+    def __init__(self, in_features: int, hidden: int = 64, num_layers: int = 2, out_features: int = 4) -> None:
+        super().__init__()
+        dims = [in_features] + [hidden] * (num_layers - 1) + [out_features]
+        self.model = nn.Sequential(*[
+            FullyConnected(dims[i], dims[i + 1], activation=i < num_layers - 1) for i in range(num_layers)
+        ])
+
+    def forward(self, features: Tensor) -> Tensor:
+        """features [..., F] → [..., 4]."""
+        return self.model(features)
+
+
+class TriPlaneField(nn.Module):
+    """points → (rgb, raw σ) for a batch of tri-planes."""
+
+    def __init__(self, channels: int, cube_scale: float, hidden: int = 64, num_layers: int = 2) -> None:
+        super().__init__()
+        self.channels, self.cube_scale = channels, cube_scale
+        self.mlp = TriPlaneMLP(channels, hidden, num_layers)
+
+    def forward(self, planes: Tensor, points: Tensor) -> Tensor:
+        """planes [B, 3, F, R, R], points [B, P, 3] (world units) → [B, P, 4] = (r, g, b, raw density)."""
+        return self.mlp(query_triplanes(planes, points, self.cube_scale).mean(dim=1))

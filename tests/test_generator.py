@@ -1,0 +1,298 @@
+"""Generator: equivalence with the original (fixture groups a–d, f) and SPEC §11 properties 1 and 9."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from conftest import rel_err
+
+from epigraf.cameras import Cameras
+from epigraf.compat.original import from_original
+from epigraf.config import GeneratorConfig, RenderConfig, preset
+from epigraf.nn.field import TriPlaneField, TriPlaneMLP, query_triplanes
+from epigraf.nn.generator import Generator
+from epigraf.nn.layers import fir_filter_2d, upsample2d
+from epigraf.nn.synthesis import SynthesisBlock, SynthesisLayer
+from epigraf.patches import PatchParams
+
+
+@pytest.fixture(scope="module")
+def tiny(original_fixtures):
+    G, D = from_original(original_fixtures.config, original_fixtures.g_state, original_fixtures.d_state)
+    return G, D
+
+
+def tiny_generator_config(**render) -> GeneratorConfig:
+    return GeneratorConfig(
+        z_dim=16, w_dim=16, image_resolution=32, patch_resolution=16, triplane_resolution=32, triplane_channels=8,
+        channel_base=256, channel_max=16, mlp_hidden=16, render=RenderConfig(num_ray_steps=8, **render),
+    )
+
+
+# ----------------------------------------------------------------------------- fixture equivalence
+
+
+@pytest.mark.parametrize("case, psi", [("mapping_psi1", 1.0), ("mapping_psi07", 0.7)])
+def test_mapping_matches_original(tiny, original_fixtures, case, psi):
+    inputs = original_fixtures.inputs(case)
+    ws = tiny[0].mapping(inputs["z"], None, truncation_psi=psi)
+    assert rel_err(ws, original_fixtures.outputs(case)["ws"]) < 1e-4
+
+
+def test_triplanes_match_original(tiny, original_fixtures):
+    ws = original_fixtures.inputs("triplanes")["ws"]
+    with torch.no_grad():
+        planes = tiny[0].synthesize(ws, noise_mode="const")
+    assert rel_err(planes, original_fixtures.outputs("triplanes")["planes"]) < 1e-4
+
+
+def test_full_render_matches_original(tiny, original_fixtures):
+    x = original_fixtures.inputs("render_full")
+    with torch.no_grad():
+        out = tiny[0](x["z"], None, x["camera_angles"], deterministic=True)
+    ref = original_fixtures.outputs("render_full")
+    assert rel_err(out.image, ref["image"]) < 1e-4
+    assert rel_err(out.depth, ref["depth"]) < 1e-4
+
+
+def test_patch_render_matches_original(tiny, original_fixtures):
+    x = original_fixtures.inputs("render_patch")
+    pp = PatchParams(x["patch_scales"], x["patch_offsets"])
+    G = tiny[0]
+    with torch.no_grad():
+        out = G(x["z"], None, x["camera_angles"], patch_params=pp, deterministic=True)
+    ref = original_fixtures.outputs("render_patch")
+    assert out.image.shape[-1] == original_fixtures.config["patch_resolution"]
+    assert rel_err(out.image, ref["image"]) < 1e-4
+    assert rel_err(out.depth, ref["depth"]) < 1e-4
+
+
+def _block_state(original_fixtures, prefix):
+    return {k[len(prefix):]: v for k, v in original_fixtures.g_state.items()
+            if k.startswith(prefix) and not k.endswith("resample_filter")}
+
+
+def test_modulated_upsampling_layer_matches_original(original_fixtures):
+    layer = SynthesisLayer(32, 32, 32, 8, up=True)
+    layer.load_state_dict(_block_state(original_fixtures, "synthesis.tri_plane_decoder.b8.conv0."))
+    x = original_fixtures.inputs("synth_layer_up")
+    out = layer(x["x"], x["w"], noise_mode="const")
+    assert rel_err(out, original_fixtures.outputs("synth_layer_up")["out"]) < 1e-4
+
+
+def test_synthesis_block_matches_original(original_fixtures):
+    block = SynthesisBlock(32, 32, 32, 8, 24)
+    block.load_state_dict(_block_state(original_fixtures, "synthesis.tri_plane_decoder.b8."))
+    x = original_fixtures.inputs("synth_block")
+    out_x, out_img = block(x["x"], x["img"], x["ws"], noise_mode="const")
+    ref = original_fixtures.outputs("synth_block")
+    assert rel_err(out_x, ref["x"]) < 1e-4
+    assert rel_err(out_img, ref["img"]) < 1e-4
+
+
+def test_fir_upsampling_matches_original(original_fixtures):
+    ref = original_fixtures.outputs("upsample2d")
+    assert rel_err(fir_filter_2d(), ref["filter"]) < 1e-7
+    assert rel_err(upsample2d(original_fixtures.inputs("upsample2d")["x"], fir_filter_2d()), ref["out"]) < 1e-4
+
+
+def test_triplane_query_mlp_and_render_match_original(tiny, original_fixtures):
+    x = original_fixtures.inputs("triplane_query")
+    planes, coords = x["planes"], x["coords"]
+    b, c, h, w = planes.shape
+    per_plane = query_triplanes(planes.reshape(b, 3, c // 3, h, w), coords, cube_scale=0.2)
+    ref = original_fixtures.outputs("triplane_query")
+    assert rel_err(per_plane, ref["per_plane"]) < 1e-4
+    assert rel_err(per_plane.mean(dim=1), ref["mean"]) < 1e-4
+
+    mlp = tiny[0].field.mlp
+    feats = original_fixtures.inputs("mlp_decode")["feats"]
+    assert rel_err(mlp(feats.mean(dim=1)), original_fixtures.outputs("mlp_decode")["out"]) < 1e-4
+    field_out = tiny[0].field(planes.reshape(b, 3, c // 3, h, w), coords)
+    assert rel_err(field_out, original_fixtures.outputs("triplane_render")["out"]) < 1e-4
+
+
+# ----------------------------------------------------------------------------- SPEC §11 properties
+
+
+def test_property_1_patch_render_is_a_crop_of_the_full_render():
+    torch.manual_seed(3)
+    cfg = tiny_generator_config()
+    G = Generator(cfg).eval()
+    R, r = cfg.image_resolution, cfg.patch_resolution
+    z = torch.randn(3, cfg.z_dim)
+    angles = torch.tensor([[0.2, 1.4, 0.0], [-0.5, 1.9, 0.0], [2.0, 1.0, 0.0]])
+    a, b = [0, 7, R - r], [3, 0, R - r]
+    pp = PatchParams(torch.full((3, 2), (r - 1) / (R - 1)),
+                     torch.tensor([[a[i] / (R - 1), b[i] / (R - 1)] for i in range(3)]))
+    with torch.no_grad():
+        full = G(z, None, angles, deterministic=True)
+        patch = G(z, None, angles, patch_params=pp, deterministic=True)
+    for i in range(3):
+        crop = full.image[i, :, R - r - b[i] : R - b[i], a[i] : a[i] + r]
+        assert torch.allclose(patch.image[i], crop, atol=1e-5)
+        crop_depth = full.depth[i, :, R - r - b[i] : R - b[i], a[i] : a[i] + r]
+        assert torch.allclose(patch.depth[i], crop_depth, atol=1e-5)
+
+
+@pytest.mark.parametrize("coord, expected", [("col", lambda p: (p[..., 0] + p[..., 0] + p[..., 1])),
+                                             ("row", lambda p: (p[..., 1] + p[..., 2] + p[..., 2]))])
+def test_property_9_triplane_query(coord, expected):
+    cs, res = 0.2, 64
+    u = -1 + 2 * torch.arange(res, dtype=torch.float32) / (res - 1)
+    planes = torch.zeros(1, 3, 2, res, res)
+    planes[:, :, 0] = u[None, :] if coord == "col" else u[:, None]
+    points = (torch.rand(1, 500, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1) * cs
+    feats = query_triplanes(planes, points, cs).mean(dim=1)
+    assert torch.allclose(feats[0, :, 0], expected(points[0]) / (3 * cs), atol=1e-5)
+
+
+def test_property_9_shapes_of_the_paper_generator():
+    with torch.device("meta"):
+        G = Generator(preset("ffhq256").generator)
+    assert G.num_ws == 16
+    assert [blk.weight.shape for blk in G.field.mlp.model] == [torch.Size([64, 32]), torch.Size([4, 64])]
+    assert G.synthesis.blocks["b512"].torgb.weight.shape[0] == 96
+    with torch.device("meta"):
+        planes = G.synthesize(torch.zeros(2, 16, 512))
+    assert planes.shape == (2, 96, 512, 512)
+
+
+def test_mlp_layers_follow_config():
+    mlp = TriPlaneMLP(8, hidden=16, num_layers=3)
+    assert [m.weight.shape for m in mlp.model] == [torch.Size([16, 8]), torch.Size([16, 16]), torch.Size([4, 16])]
+    assert [m.activation for m in mlp.model] == [True, True, False]
+
+
+# ----------------------------------------------------------------------------- behaviour
+
+
+def test_deterministic_render_is_bit_identical_and_random_render_is_not():
+    torch.manual_seed(0)
+    G = Generator(tiny_generator_config()).eval()
+    z, angles = torch.randn(2, 16), torch.tensor([[0.1, 1.5, 0.0], [0.4, 1.2, 0.0]])
+    with torch.no_grad():
+        a = G(z, None, angles, deterministic=True, noise_mode="random").image
+        b = G(z, None, angles, deterministic=True, noise_mode="random").image
+        c = G(z, None, angles, deterministic=False).image
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_chunked_rendering_equals_unchunked():
+    torch.manual_seed(0)
+    cfg = tiny_generator_config()
+    G = Generator(cfg).eval()
+    G_chunked = Generator(dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, chunk_rays=100))).eval()
+    G_chunked.load_state_dict(G.state_dict())
+    z, angles = torch.randn(1, 16), torch.tensor([[0.3, 1.3, 0.0]])
+    with torch.no_grad():
+        assert torch.allclose(G(z, None, angles, deterministic=True).image,
+                              G_chunked(z, None, angles, deterministic=True).image, atol=1e-6)
+
+
+def test_render_from_cached_planes_equals_forward():
+    torch.manual_seed(0)
+    G = Generator(tiny_generator_config()).eval()
+    z, angles = torch.randn(2, 16), torch.tensor([[0.1, 1.5, 0.0], [0.4, 1.2, 0.0]])
+    with torch.no_grad():
+        planes = G.synthesize(G.mapping(z, None))
+        direct = G(z, None, angles, deterministic=True)
+        cached = G.render(planes, Cameras.from_angles(angles, 12.0, 1.0), deterministic=True)
+    assert torch.equal(direct.image, cached.image)
+
+
+def test_resolution_and_camera_overrides():
+    torch.manual_seed(0)
+    G = Generator(tiny_generator_config()).eval()
+    z, angles = torch.randn(1, 16), torch.tensor([[0.0, math.pi / 2, 0.0]])
+    with torch.no_grad():
+        out = G(z, None, angles, resolution=20, fov=20.0, radius=1.05, deterministic=True)
+    assert out.image.shape == (1, 3, 20, 20) and out.depth.shape == (1, 1, 20, 20)
+    assert ((out.opacity > 0.99) & (out.opacity < 1 + 1e-5)).all()  # no background model: rays terminate
+
+
+def test_input_angles_are_not_mutated():
+    G = Generator(tiny_generator_config()).eval()
+    angles = torch.tensor([[0.0, 0.0, 0.0]])
+    with torch.no_grad():
+        G(torch.randn(1, 16), None, angles, deterministic=True)
+    assert angles[0, 1].item() == 0.0
+
+
+def test_plane_background_renders_patches_consistently():
+    torch.manual_seed(0)
+    cfg = tiny_generator_config(background="plane")
+    G = Generator(cfg).eval()
+    assert G.synthesis.blocks["b4"].torgb.weight.shape[0] == 3 * 8 + 3
+    R, r = cfg.image_resolution, cfg.patch_resolution
+    pp = PatchParams(torch.full((1, 2), (r - 1) / (R - 1)), torch.tensor([[4 / (R - 1), 2 / (R - 1)]]))
+    z, angles = torch.randn(1, 16), torch.tensor([[0.3, 1.3, 0.0]])
+    with torch.no_grad():
+        full = G(z, None, angles, deterministic=True).image
+        patch = G(z, None, angles, patch_params=pp, deterministic=True).image
+    assert torch.allclose(patch[0], full[0, :, R - r - 2 : R - 2, 4 : 4 + r], atol=1e-5)
+
+
+def test_pose_conditioned_mapping_uses_mean_pose_when_no_camera_given():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(tiny_generator_config(), camera_cond=True, mean_camera_pose=(0.2, 1.3, 0.0))
+    G = Generator(cfg).eval()
+    z = torch.randn(2, 16)
+    assert G.mapping.embed.in_features == 2
+    default = G.mapping(z, None)
+    explicit = G.mapping(z, None, camera_angles=torch.tensor([[0.2, 1.3, 0.0]] * 2))
+    other = G.mapping(z, None, camera_angles=torch.tensor([[-0.5, 1.0, 0.0]] * 2))
+    assert torch.allclose(default, explicit) and not torch.allclose(default, other)
+
+
+def test_class_conditional_generator_requires_labels():
+    cfg = dataclasses.replace(tiny_generator_config(), c_dim=5)
+    G = Generator(cfg).eval()
+    with pytest.raises(ValueError, match=r"conditional: c must be \[1, 5\]"):
+        G.mapping(torch.randn(1, 16), None)
+    assert G.mapping(torch.randn(1, 16), torch.eye(5)[:1]).shape == (1, G.num_ws, 16)
+
+
+def test_w_avg_tracks_the_mapped_batch_only_when_asked():
+    G = Generator(tiny_generator_config())
+    z = torch.randn(8, 16)
+    G.mapping(z, None)
+    assert torch.count_nonzero(G.mapping.w_avg) == 0
+    w = G.mapping(z, None, update_emas=True)[:, 0]
+    assert torch.allclose(G.mapping.w_avg, w.mean(dim=0) * (1 - 0.998), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"z": torch.randn(2, 7)}, r"z must be \[B, 16\]"),
+    ({"camera_angles": torch.zeros(2, 2)}, r"camera_angles must be \[2, 3\]"),
+    ({"camera_angles": torch.tensor([[0.0, 90.0, 0.0]] * 2)}, r"pitch must be in \[0, π\]"),
+    ({"camera_angles": torch.tensor([[0.0, -0.5, 0.0]] * 2)}, r"pitch must be in \[0, π\]"),
+    ({"patch_params": PatchParams(torch.full((3, 2), 0.5), torch.zeros(3, 2))}, r"3 patch params for a batch of 2"),
+])
+def test_bad_inputs_raise_clear_errors(kwargs, match):
+    G = Generator(tiny_generator_config()).eval()
+    args = {"z": torch.randn(2, 16), "c": None, "camera_angles": torch.tensor([[0.0, 1.5, 0.0]] * 2)}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        G(**args)
+
+
+def test_pitch_at_the_poles_is_clamped_not_rejected():
+    G = Generator(tiny_generator_config()).eval()
+    with torch.no_grad():
+        out = G(torch.randn(2, 16), None, torch.tensor([[0.0, 0.0, 0.0], [1.0, math.pi, 0.0]]), deterministic=True)
+    assert torch.isfinite(out.image).all()
+
+
+def test_bad_noise_mode_is_rejected():
+    G = Generator(tiny_generator_config()).eval()
+    with pytest.raises(ValueError, match="noise_mode must be one of"):
+        G(torch.randn(1, 16), None, torch.tensor([[0.0, 1.5, 0.0]]), noise_mode="sometimes")
+
