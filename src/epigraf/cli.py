@@ -1,0 +1,52 @@
+"""The ``epigraf`` command line: one sub-command per module in ``epigraf.commands``.
+
+Each command module exposes ``register(subparsers)``, which adds its parser and sets ``func`` to a
+callable taking the parsed arguments and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# command name → module in epigraf.commands
+COMMANDS = {
+    "train": "train",
+    "generate": "generate",
+    "video": "video",
+    "mesh": "mesh",
+    "metrics": "metrics",
+    "import": "import_original",
+    "dataset": "dataset",
+    "view": "view",
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or with ``only`` just that command's (importing one command module keeps start-up fast)."""
+    parser = argparse.ArgumentParser(prog="epigraf", description="EpiGRAF 3D-aware GANs in pure PyTorch.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(f"epigraf.commands.{module}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        # User errors (bad dataset, checkpoint, flag value) get one clear line, not a traceback.
+        print(f"epigraf {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
