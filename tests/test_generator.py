@@ -296,3 +296,25 @@ def test_bad_noise_mode_is_rejected():
     with pytest.raises(ValueError, match="noise_mode must be one of"):
         G(torch.randn(1, 16), None, torch.tensor([[0.0, 1.5, 0.0]]), noise_mode="sometimes")
 
+
+
+def test_sphere_background_adds_ws_slots_and_renders_behind_the_foreground():
+    torch.manual_seed(0)
+    cfg = tiny_generator_config(background="sphere")
+    G = Generator(cfg).eval()
+    assert G.num_ws == G.synthesis.num_ws + 4
+    z, angles = torch.randn(1, 16), torch.tensor([[0.3, 1.3, 0.0]])
+    with torch.no_grad():
+        ws = G.mapping(z, None)
+        planes = G.synthesize(ws)
+        cams = G.cameras(angles)
+        with_bg = G.render(planes, cams, deterministic=True, ws=ws)
+        ws_other = ws.clone()
+        ws_other[:, G.synthesis.num_ws :] += 1.0
+        other_bg = G.render(planes, cams, deterministic=True, ws=ws_other)
+    # Only the background changed: pixels differ exactly where the foreground lets light through.
+    diff = (with_bg.image - other_bg.image).abs().amax(dim=1, keepdim=True)
+    assert diff.max() > 1e-4
+    assert torch.equal(with_bg.depth, other_bg.depth)
+    with pytest.raises(ValueError, match="needs ws in render"):
+        G.render(planes, cams, deterministic=True)

@@ -15,7 +15,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from epigraf.config import CameraConfig, DiscriminatorConfig, GeneratorConfig, ModelConfig, PatchConfig, RenderConfig
+from epigraf.config import (
+    CameraConfig,
+    DiscriminatorConfig,
+    GeneratorConfig,
+    ModelConfig,
+    PatchConfig,
+    RenderConfig,
+    SphereBackgroundConfig,
+)
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
 from epigraf.nn.layers import fir_filter_2d
@@ -44,6 +52,16 @@ def generator_config(config: Mapping[str, Any]) -> GeneratorConfig:
     if config.get("has_view_cond") or config.get("posenc_period_len"):
         raise ValueError("view-conditioned or positionally encoded tri-plane MLPs are not supported")
     bg = config.get("bg_model") or {}
+    sphere = SphereBackgroundConfig()
+    if bg.get("type") == "sphere":
+        if (bg.get("fmm") or {}).get("enabled") or bg.get("output_channels", 4) != 4 or bg.get("coord_dim", 4) != 4:
+            raise ValueError("sphere backgrounds with factorised modulation or non-default channels are not supported")
+        sphere = SphereBackgroundConfig(
+            num_blocks=bg.get("num_blocks", sphere.num_blocks), channel_base=bg.get("cbase", sphere.channel_base),
+            channel_max=bg.get("cmax", sphere.channel_max),
+            posenc_period_len=bg.get("posenc_period_len", sphere.posenc_period_len),
+            num_steps=bg.get("num_steps", sphere.num_steps), start=bg.get("start", sphere.start),
+        )
     return GeneratorConfig(
         z_dim=_require(config, "z_dim"),
         w_dim=_require(config, "w_dim"),
@@ -74,7 +92,7 @@ def generator_config(config: Mapping[str, Any]) -> GeneratorConfig:
             num_ray_steps=_require(config, "num_ray_steps"),
             white_back=config.get("white_back", False), last_back=config.get("last_back", False),
             density_shift=config.get("density_shift", 0.0), clamp_mode=config.get("clamp_mode", "softplus"),
-            background=bg.get("type"),
+            background=bg.get("type"), sphere=sphere,
         ),
     )
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from epigraf.cameras import Cameras, checked_angles, conditioning_angles
 from epigraf.config import GeneratorConfig
+from epigraf.nn.background import SphereBackground
 from epigraf.nn.field import TriPlaneField, split_planes
 from epigraf.nn.mapping import MappingNetwork
 from epigraf.nn.synthesis import TriPlaneSynthesis
@@ -94,8 +95,6 @@ class Generator(nn.Module):
 
     def __init__(self, cfg: GeneratorConfig) -> None:
         super().__init__()
-        if cfg.render.background == "sphere":
-            raise NotImplementedError("the NeRF++ sphere background is not implemented yet")
         self.cfg = cfg
         plane_channels = 3 * cfg.triplane_channels + (3 if cfg.render.background == "plane" else 0)
         self.synthesis = TriPlaneSynthesis(
@@ -104,6 +103,9 @@ class Generator(nn.Module):
         )
         self.field = TriPlaneField(cfg.triplane_channels, cfg.camera.cube_scale, cfg.mlp_hidden, cfg.mlp_layers)
         self.num_ws = self.synthesis.num_ws
+        if cfg.render.background == "sphere":
+            self.background = SphereBackground(cfg.render.sphere, cfg.w_dim)
+            self.num_ws += self.background.num_ws
         self.mapping = GeneratorMapping(cfg, self.num_ws)
 
     @property
@@ -115,8 +117,11 @@ class Generator(nn.Module):
         return self.cfg.c_dim
 
     def synthesize(self, ws: Tensor, noise_mode: str = "const") -> Tensor:
-        """ws [B, num_ws, w_dim] → tri-plane decoder output [B, 3F (+3 with a plane background), R_p, R_p]."""
-        return self.synthesis(ws, noise_mode)
+        """ws [B, num_ws, w_dim] → tri-plane decoder output [B, 3F (+3 with a plane background), R_p, R_p].
+
+        The decoder uses the first ``synthesis.num_ws`` slots; a sphere background uses the rest (pass the
+        same ws to ``render``)."""
+        return self.synthesis(ws[:, : self.synthesis.num_ws], noise_mode)
 
     def cameras(self, camera_angles: Tensor, fov: float | Tensor | None = None,
                 radius: float | Tensor | None = None) -> Cameras:
@@ -134,11 +139,13 @@ class Generator(nn.Module):
         deterministic: bool = False,
         nerf_noise_std: float = 0.0,
         generator: torch.Generator | None = None,
+        ws: Tensor | None = None,
     ) -> GeneratorOutput:
         """Volume-render tri-planes [B, C, R_p, R_p] from ``cameras``.
 
         Without ``patch_params``: the full view at ``resolution`` (default: the image resolution).
-        With them: an r×r patch (default r = patch resolution) of the R×R image.
+        With them: an r×r patch (default r = patch resolution) of the R×R image. ``ws`` [B, num_ws, w_dim]
+        is needed only by a sphere background, whose MLP is modulated by the last slots.
         """
         b = planes.shape[0]
         if cameras.batch_size != b:
@@ -173,6 +180,12 @@ class Generator(nn.Module):
         image = to_image(rays.color)
         if rcfg.background == "plane":
             image = image + self._plane_background(planes, patch_params, res) * to_image(rays.final_transmittance)
+        elif rcfg.background == "sphere":
+            if ws is None:
+                raise ValueError("a sphere-background generator needs ws in render() for its background MLP")
+            bg = self.background(origins, directions, ws[:, self.synthesis.num_ws :], rcfg.white_back,
+                                 rcfg.clamp_mode, deterministic, generator)
+            image = image + to_image(bg * rays.final_transmittance)
         return GeneratorOutput(image, to_image(rays.depth), to_image(rays.opacity))
 
     def _plane_background(self, planes: Tensor, patch_params: PatchParams | None, res: int) -> Tensor:
@@ -215,5 +228,5 @@ class Generator(nn.Module):
         cameras = self.cameras(camera_angles, fov, radius)
         ws = self.mapping(z, c, truncation_psi, camera_angles_cond, update_emas=update_emas)
         planes = self.synthesize(ws, "const" if deterministic and noise_mode == "random" else noise_mode)
-        return self.render(planes, cameras, patch_params, resolution, deterministic, nerf_noise_std, generator)
+        return self.render(planes, cameras, patch_params, resolution, deterministic, nerf_noise_std, generator, ws)
 
