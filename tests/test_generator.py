@@ -12,7 +12,7 @@ from conftest import rel_err
 from epigraf.cameras import Cameras
 from epigraf.compat.original import from_original
 from epigraf.config import GeneratorConfig, RenderConfig, preset
-from epigraf.nn.field import TriPlaneField, TriPlaneMLP, query_triplanes
+from epigraf.nn.field import TriPlaneMLP, query_triplanes
 from epigraf.nn.generator import Generator
 from epigraf.nn.layers import fir_filter_2d, upsample2d
 from epigraf.nn.synthesis import SynthesisBlock, SynthesisLayer
