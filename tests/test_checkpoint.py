@@ -22,7 +22,7 @@ def tiny_model_config() -> ModelConfig:
         generator=tiny_generator_config(),
         discriminator=DiscriminatorConfig(image_resolution=32, input_resolution=16, channel_base=256,
                                           channel_max=16, mbstd_group_size=2, hyper_mod_dim=32),
-        patch=PatchConfig(image_resolution=32, resolution=16),
+        patch=PatchConfig(image_resolution=32, resolution=16, group_size=2),
     )
 
 

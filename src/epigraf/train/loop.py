@@ -1,0 +1,447 @@
+"""The training loop (SPEC §5), top to bottom: set up → iterate (G step, D step, lazy R1, EMA, ADA) → log,
+visualise, evaluate and snapshot every few ticks.
+
+Randomness is a pure function of (seed, rank, step): each iteration seeds the global RNG and draws its
+data indices from a generator with that seed, so resuming from a snapshot replays the uninterrupted run
+step for step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from epigraf.cameras import sample_normal, sample_spherical_uniform
+from epigraf.checkpoint import load_checkpoint, save_checkpoint
+from epigraf.config import ModelConfig, preset
+from epigraf.data.dataset import ImageDataset
+from epigraf.nn.discriminator import Discriminator
+from epigraf.nn.generator import Generator
+from epigraf.nn.state import load_state_strict
+from epigraf.schedules import adam_settings_for_lazy_reg, blur_sigma, ema_beta, nerf_noise_std, patch_beta
+from epigraf.train import distributed
+from epigraf.train.augment import AdaptiveP, AugmentPipe
+from epigraf.train.loss import PatchGANLoss, PhaseInputs
+from epigraf.train.options import TrainOptions
+from epigraf.train.snapshot import load_state, network_path, resolve_resume, save_state, state_path
+from epigraf.train.visualize import save_image_grid
+
+log = logging.getLogger(__name__)
+
+PAPER_BATCH, BUILTIN_BATCH = 64, 16
+
+
+def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
+    """A distinct 63-bit seed per (seed, rank, step, stream)."""
+    return int(np.random.SeedSequence([seed, rank, step, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class InterruptFlag:
+    """Set by SIGTERM/SIGINT; the loop snapshots at the next iteration boundary and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> InterruptFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def resolve_dataset(opts: TrainOptions, resolution: int) -> ImageDataset:
+    if opts.data is not None:
+        return ImageDataset(opts.data, mirror=opts.mirror)
+    from epigraf.data.builtin import build_builtin_dataset
+
+    return ImageDataset(build_builtin_dataset(resolution=resolution), mirror=opts.mirror)
+
+
+def model_config_for(opts: TrainOptions, dataset: ImageDataset, base: ModelConfig) -> ModelConfig:
+    """``base`` (the preset), adapted to the dataset (labels, mean pose) and the options (pose conditioning)."""
+    cfg = base
+    g, d = cfg.generator, cfg.discriminator
+    if dataset.resolution != g.image_resolution:
+        raise ValueError(f"dataset images are {dataset.resolution}² but the model ({cfg.name!r}) trains at "
+                         f"{g.image_resolution}²; convert with `epigraf dataset convert --resolution "
+                         f"{g.image_resolution}`")
+    c_dim = dataset.c_dim if opts.use_labels else 0
+    if g.c_dim and c_dim != g.c_dim:
+        raise ValueError(f"preset {opts.preset!r} is conditional on {g.c_dim} classes, the dataset has {c_dim} "
+                         "(pass --no-use-labels for an unconditional model only if the preset allows it)")
+    if g.camera.distribution == "custom" and not dataset.has_cameras:
+        raise ValueError(f"preset {opts.preset!r} renders from the dataset's poses, but the dataset has no "
+                         "camera_angles in dataset.json")
+    mean_pose = dataset.mean_camera_pose or g.mean_camera_pose
+    g = dataclasses.replace(g, c_dim=c_dim, camera_cond=opts.g_camera_cond, mean_camera_pose=tuple(mean_pose))
+    d = dataclasses.replace(d, c_dim=c_dim, camera_cond=opts.d_camera_cond,
+                            camera_cond_drop_p=opts.d_camera_cond_drop_p)
+    gamma = opts.r1_gamma if opts.r1_gamma >= 0 else cfg.r1_gamma
+    return dataclasses.replace(cfg, generator=g, discriminator=d, r1_gamma=gamma)
+
+
+class RealBatches(torch.utils.data.Sampler):
+    """Index batches for steps start, start+1, …: batch k is drawn from a generator seeded by (seed, rank, k)."""
+
+    def __init__(self, dataset_size: int, batch: int, seed: int, rank: int, start_step: int) -> None:
+        self.size, self.batch, self.seed, self.rank, self.start = dataset_size, batch, seed, rank, start_step
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            g = torch.Generator().manual_seed(step_seed(self.seed, self.rank, step, stream=1))
+            yield torch.randint(self.size, (self.batch,), generator=g).tolist()
+            step += 1
+
+
+def real_batch_iterator(dataset: ImageDataset, batch: int, opts: TrainOptions, rank: int, start_step: int):
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=RealBatches(len(dataset), batch, opts.seed, rank, start_step),
+        num_workers=opts.workers, pin_memory=torch.cuda.is_available(), persistent_workers=opts.workers > 0,
+    )
+    return iter(loader)
+
+
+def fake_conditioning(dataset: ImageDataset, cfg: ModelConfig, batch: int, device: torch.device
+                      ) -> tuple[Tensor, Tensor]:
+    """Labels [b, c_dim] and rendering cameras [b, 3] for fakes: from random dataset items (mirrors included)
+    for the 'custom' distribution, else drawn from the configured distribution (SPEC §6.4)."""
+    idx = torch.randint(len(dataset), (batch,)).numpy()
+    c = torch.from_numpy(dataset.labels[idx][:, : cfg.generator.c_dim])
+    cam = cfg.generator.camera
+    if cam.distribution == "custom":
+        angles = torch.from_numpy(dataset.camera_angles[idx])
+    elif cam.distribution == "spherical_uniform":
+        angles = sample_spherical_uniform(batch)
+    else:
+        angles = sample_normal(batch, cam.yaw_mean, cam.yaw_std, cam.pitch_mean, cam.pitch_std)
+    return c.to(device), angles.to(device)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: Tensor,
+                   env: distributed.DistEnv) -> bool:
+    """Backward, average gradients over ranks, and step only if the loss and every gradient are finite."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    distributed.average_gradients(params, env)
+    grads = [p.grad for p in params if p.grad is not None]
+    finite = torch.isfinite(loss.detach()) & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+    finite = bool(distributed.all_reduce_mean(finite.float(), env) == 1)
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return finite
+
+
+@torch.no_grad()
+def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
+    for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
+        p_ema.copy_(p.lerp(p_ema, beta))
+    for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+def create_run_dir(opts: TrainOptions, name: str) -> Path:
+    if opts.run is not None:
+        run = Path(opts.run)
+        run.mkdir(parents=True, exist_ok=True)
+        return run
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = [int(p.name.split("-")[0]) for p in out.iterdir() if p.is_dir() and p.name.split("-")[0].isdigit()]
+    run = out / f"{max(ids, default=-1) + 1:05d}-{name}"
+    run.mkdir()
+    return run
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) training leaves in memory: the run folder and this rank's networks."""
+
+    run_dir: Path
+    G: Generator
+    G_ema: Generator
+    D: Discriminator
+    cur_nimg: int
+    skipped_steps: int
+
+
+def train(opts: TrainOptions, model: ModelConfig | None = None) -> TrainResult:
+    """Run (or resume) a training. Safe to call under torchrun.
+
+    ``model`` replaces the architecture of ``opts.preset`` (e.g. a tiny model for tests); the dataset still
+    adapts labels and the mean pose.
+    """
+    env = distributed.setup(opts.device)
+    try:
+        return _train(opts, model or preset(opts.preset), env)
+    finally:
+        distributed.teardown(env)
+
+
+def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv) -> TrainResult:
+    device = env.device
+    batch_size = opts.batch_size or (PAPER_BATCH if opts.is_paper_preset else BUILTIN_BATCH)
+    if batch_size % env.world_size:
+        raise ValueError(f"batch size {batch_size} is not divisible by the {env.world_size} processes")
+    batch_gpu = batch_size // env.world_size
+    tick_kimg = opts.tick_kimg if opts.tick_kimg > 0 else (4.0 if opts.is_paper_preset else 0.5)
+
+    resume = None
+    if opts.resume is not None:
+        resume = resolve_resume(opts.resume, Path(opts.run) if opts.run else None, Path(opts.out))
+    dataset = resolve_dataset(opts, base.generator.image_resolution)
+    cfg = model_config_for(opts, dataset, base)
+
+    torch.manual_seed(opts.seed)
+    G = Generator(cfg.generator).to(device).train()
+    D = Discriminator(cfg.discriminator).to(device).train()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    augment = AugmentPipe().to(device) if opts.augment == "ada" else None
+    ada = AdaptiveP(opts.ada_target, opts.ada_interval, opts.ada_kimg, batch_size) if augment is not None else None
+    g_params, d_params = list(G.parameters()), list(D.parameters())
+    G_opt = torch.optim.Adam(g_params, lr=opts.g_lr, betas=(0.0, 0.99), eps=1e-8)
+    d_lr, d_betas = adam_settings_for_lazy_reg(opts.d_lr, (0.0, 0.99), opts.r1_interval)
+    D_opt = torch.optim.Adam(d_params, lr=d_lr, betas=d_betas, eps=1e-8)
+
+    step, cur_nimg, cur_tick, skipped = 0, 0, 0, 0
+    if resume is not None:
+        network, state_file = resume
+        ckpt = load_checkpoint(network)
+        if ckpt.config != cfg:
+            raise ValueError(f"{network} was trained with a different model config than these options give")
+        state = load_state(state_file)
+        for ours, theirs in ((G, ckpt.G), (G_ema, ckpt.G_ema), (D, ckpt.D)):
+            ours.load_state_dict(theirs.state_dict())
+        G_opt.load_state_dict(state["G_opt"])
+        D_opt.load_state_dict(state["D_opt"])
+        step, cur_nimg, cur_tick, skipped = state["step"], state["cur_nimg"], state["cur_tick"], state["skipped"]
+        if augment is not None:
+            augment.p.fill_(state["augment_p"])
+            ada.load_state_dict(state["ada"])
+        run_dir = network.parent
+    elif opts.transfer is not None:
+        ckpt = load_checkpoint(opts.transfer)
+        for ours, theirs, name in ((G, ckpt.G or ckpt.G_ema, "G"), (G_ema, ckpt.G_ema, "G_ema"), (D, ckpt.D, "D")):
+            if theirs is None:
+                raise ValueError(f"--transfer {opts.transfer}: the checkpoint holds no {name}")
+            load_state_strict(ours, theirs.state_dict(), f"--transfer {name}")
+    if resume is None:
+        run_dir = create_run_dir(opts, cfg.name) if env.is_main else Path(opts.run or opts.out)
+    for net in (G, D, G_ema):
+        distributed.broadcast_module(net, env)
+    if opts.compile:
+        G.compile()
+        D.compile()
+
+    loss = PatchGANLoss(cfg, G, D, augment, cfg.r1_gamma, opts.blur_init_sigma, opts.blur_fade_kimg,
+                        opts.gpc_spoof_final, opts.gpc_spoof_kimg)
+    reals = real_batch_iterator(dataset, batch_gpu, opts, env.rank, step)
+    ema_kimg = opts.ema_kimg if opts.ema_kimg >= 0 else batch_size * 0.3125
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
+    logger = RunLogger(run_dir, opts, cfg, env, start_nimg=cur_nimg) if env.is_main else None
+    if logger is not None and resume is None:
+        logger.save_reals(dataset)
+
+    tick_start_nimg, tick_start_time = cur_nimg, time.time()
+    stats: dict[str, list[float]] = defaultdict(list)
+    with InterruptFlag() as interrupt:
+        while True:
+            kimg = cur_nimg / 1000
+            torch.manual_seed(step_seed(opts.seed, env.rank, step))
+            images, real_angles, real_c = next(reals)
+            z = torch.randn(batch_gpu, cfg.generator.z_dim, device=device)
+            fake_c, fake_angles = fake_conditioning(dataset, cfg, batch_gpu, device)
+            x = PhaseInputs(
+                real=images.to(device).float() / 127.5 - 1, real_c=real_c.to(device)[:, : cfg.generator.c_dim],
+                real_angles=real_angles.to(device), z=z, fake_c=fake_c, fake_angles=fake_angles,
+            )
+
+            G.requires_grad_(True)
+            D.requires_grad_(False)
+            with autocast:
+                g_loss, g_stats = loss.generator_loss(x, kimg)
+            ok = optimizer_step(G_opt, g_params, g_loss, env)
+
+            G.requires_grad_(False)
+            D.requires_grad_(True)
+            with autocast:
+                d_loss, real_logits, d_stats = loss.discriminator_loss(x, kimg)
+            ok &= optimizer_step(D_opt, d_params, d_loss, env)
+            if step % opts.r1_interval == 0:
+                with autocast:
+                    r1_loss, r1_stats = loss.r1_loss(x, kimg, opts.r1_interval)
+                ok &= optimizer_step(D_opt, d_params, r1_loss, env)
+                d_stats.update(r1_stats)
+            if env.enabled:
+                G.mapping.w_avg.copy_(distributed.all_reduce_mean(G.mapping.w_avg, env))
+
+            cur_nimg += batch_size
+            step += 1
+            skipped += not ok
+            update_ema(G_ema, G, ema_beta(batch_size, cur_nimg, ema_kimg, opts.ema_rampup))
+            if ada is not None:
+                ada.observe(distributed.all_gather_cat(real_logits, env))
+                augment.p.fill_(ada.step(float(augment.p)))
+            for k, v in {**g_stats, **d_stats}.items():
+                stats[k].append(v)
+
+            done = cur_nimg >= opts.kimg * 1000
+            tick_done = cur_nimg >= tick_start_nimg + tick_kimg * 1000
+            if logger is not None:
+                logger.progress(cur_nimg, {k: v[-1] for k, v in stats.items()},
+                                augment_p=float(augment.p) if augment is not None else 0.0)
+            if not (tick_done or done or interrupt.signal is not None):
+                continue
+
+            cur_tick += 1
+            elapsed = time.time() - tick_start_time
+            if logger is not None:
+                logger.tick(cur_tick, cur_nimg, step, elapsed, cur_nimg - tick_start_nimg, stats, {
+                    "schedule/beta": patch_beta(cur_nimg / 1000, cfg.patch),
+                    "schedule/nerf_noise_std": nerf_noise_std(cur_nimg / 1000, cfg.generator.nerf_noise_std_init,
+                                                              cfg.generator.nerf_noise_kimg_growth),
+                    "schedule/blur_sigma": blur_sigma(cur_nimg / 1000, opts.blur_init_sigma, opts.blur_fade_kimg),
+                    "augment/p": float(augment.p) if augment is not None else 0.0,
+                    "progress/skipped_steps": skipped,
+                })
+                if opts.image_ticks and cur_tick % opts.image_ticks == 0 or done:
+                    logger.save_fakes(G_ema, dataset, cfg, cur_nimg)
+            stats.clear()
+            if cur_tick % opts.snapshot_ticks == 0 or done or interrupt.signal is not None:
+                if env.is_main:
+                    save_snapshot(run_dir, cfg, G, G_ema, D, G_opt, D_opt, augment, ada,
+                                  step=step, cur_nimg=cur_nimg, cur_tick=cur_tick, skipped=skipped, opts=opts)
+            if done or interrupt.signal is not None:
+                if interrupt.signal is not None and logger is not None:
+                    log.info("received signal %d: snapshot written, exiting", interrupt.signal)
+                break
+            tick_start_nimg, tick_start_time = cur_nimg, time.time()
+    if logger is not None:
+        logger.close()
+    return TrainResult(run_dir, G, G_ema, D, cur_nimg, skipped)
+
+
+def save_snapshot(run_dir: Path, cfg: ModelConfig, G: Generator, G_ema: Generator, D: Discriminator,
+                  G_opt: torch.optim.Optimizer, D_opt: torch.optim.Optimizer, augment: AugmentPipe | None,
+                  ada: AdaptiveP | None, *, step: int, cur_nimg: int, cur_tick: int, skipped: int,
+                  opts: TrainOptions) -> None:
+    save_checkpoint(network_path(run_dir, cur_nimg), cfg, G_ema=G_ema, G=G, D=D,
+                    metadata={"kimg": cur_nimg / 1000, "step": step})
+    save_state(state_path(run_dir, cur_nimg), {
+        "step": step, "cur_nimg": cur_nimg, "cur_tick": cur_tick, "skipped": skipped,
+        "G_opt": G_opt.state_dict(), "D_opt": D_opt.state_dict(),
+        "augment_p": float(augment.p) if augment is not None else 0.0,
+        "ada": ada.state_dict() if ada is not None else {},
+        "options": json.dumps(dataclasses.asdict(opts)),
+    })
+    log.info("snapshot %s", network_path(run_dir, cur_nimg).name)
+
+
+class RunLogger:
+    """Rank 0's view of the run: progress bar, stats.jsonl, optional TensorBoard, image grids."""
+
+    def __init__(self, run_dir: Path, opts: TrainOptions, cfg: ModelConfig, env: distributed.DistEnv,
+                 start_nimg: int) -> None:
+        self.run_dir, self.opts = run_dir, opts
+        (run_dir / "options.json").write_text(json.dumps(dataclasses.asdict(opts), indent=2))
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        self.stats_file = (run_dir / "stats.jsonl").open("a")
+        self.writer = None
+        if opts.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from err
+            self.writer = SummaryWriter(str(run_dir))
+        self.bar = None
+        if opts.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=opts.kimg, initial=start_nimg / 1000, unit="kimg", dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n:.2f}/{total:.0f} kimg [{elapsed}<{remaining}{postfix}]")
+        self.grid_z: Tensor | None = None
+        self.grid_idx: np.ndarray | None = None
+        log.info("run folder: %s (%s on %s, %d process(es))", run_dir, cfg.name, env.device, env.world_size)
+
+    def progress(self, cur_nimg: int, last: dict[str, float], augment_p: float) -> None:
+        if self.bar is None:
+            return
+        self.bar.n = cur_nimg / 1000
+        self.bar.set_postfix({"G": f"{last.get('loss/G', math.nan):.3f}", "D": f"{last.get('loss/D', math.nan):.3f}",
+                              "p": f"{augment_p:.3f}"}, refresh=True)
+
+    def tick(self, tick: int, cur_nimg: int, step: int, seconds: float, tick_nimg: int,
+             stats: dict[str, list[float]], extra: dict[str, float]) -> None:
+        record: dict[str, Any] = {"tick": tick, "kimg": cur_nimg / 1000, "step": step,
+                                  "sec_per_kimg": seconds / max(tick_nimg / 1000, 1e-9),
+                                  "img_per_sec": tick_nimg / max(seconds, 1e-9), "timestamp": time.time()}
+        record.update({k: float(np.mean(v)) for k, v in stats.items() if v})
+        record.update(extra)
+        if torch.cuda.is_available():
+            record["resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        self.stats_file.write(json.dumps(record) + "\n")
+        self.stats_file.flush()
+        if self.writer is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("tick", "timestamp"):
+                    self.writer.add_scalar(k, v, global_step=cur_nimg)
+        if self.bar is not None:
+            self.bar.set_description(
+                f"tick {tick} {record['sec_per_kimg']:.1f} s/kimg {record['img_per_sec']:.1f} img/s")
+        else:
+            log.info("tick %d kimg %.2f %s", tick, cur_nimg / 1000,
+                     " ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith("loss/")))
+
+    def save_reals(self, dataset: ImageDataset, count: int = 16) -> None:
+        rng = np.random.RandomState(self.opts.seed)
+        self.grid_idx = rng.randint(len(dataset), size=count)
+        images = torch.from_numpy(np.stack([dataset[int(i)].image for i in self.grid_idx])).float() / 127.5 - 1
+        save_image_grid(images, self.run_dir / "reals.png", columns=4)
+
+    @torch.no_grad()
+    def save_fakes(self, G_ema: Generator, dataset: ImageDataset, cfg: ModelConfig, cur_nimg: int) -> None:
+        """A grid of G_ema renders (const noise, ψ = 1) at the cameras and labels of the real grid."""
+        if self.grid_idx is None:
+            self.grid_idx = np.random.RandomState(self.opts.seed).randint(len(dataset), size=16)
+        device = next(G_ema.parameters()).device
+        n = len(self.grid_idx)
+        z = torch.from_numpy(np.random.RandomState(self.opts.seed + 1).randn(n, cfg.generator.z_dim)).float()
+        c = torch.from_numpy(dataset.labels[self.grid_idx][:, : cfg.generator.c_dim]).to(device)
+        angles = torch.from_numpy(dataset.camera_angles[self.grid_idx])
+        if not torch.isfinite(angles).all():
+            angles = sample_spherical_uniform(n, torch.Generator().manual_seed(self.opts.seed))
+        images = torch.cat([
+            G_ema(z[i : i + 4].to(device), c[i : i + 4] if cfg.generator.c_dim else None, angles[i : i + 4].to(device),
+                  deterministic=True).image.cpu()
+            for i in range(0, n, 4)
+        ])
+        save_image_grid(images, self.run_dir / f"fakes-{cur_nimg:010d}.png", columns=4)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        self.stats_file.close()
+

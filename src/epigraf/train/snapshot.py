@@ -1,0 +1,77 @@
+"""Training snapshots: networks (our safetensors checkpoint) + a separate training-state file.
+
+A snapshot at ``cur_nimg`` images is the pair ``network-<nimg>.safetensors`` and
+``training-state-<nimg>.pt``; the state file is written last, so a pair is complete iff the state file
+exists. Both writes are atomic (temporary file, then rename), so a killed run never leaves a torn file.
+The state file holds only tensors, numbers, strings and containers and is read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+NETWORK_PATTERN = "network-{nimg:010d}.safetensors"
+STATE_PATTERN = "training-state-{nimg:010d}.pt"
+STATE_RE = re.compile(r"training-state-(\d{10})\.pt$")
+
+
+def network_path(run_dir: Path, nimg: int) -> Path:
+    return run_dir / NETWORK_PATTERN.format(nimg=nimg)
+
+
+def state_path(run_dir: Path, nimg: int) -> Path:
+    return run_dir / STATE_PATTERN.format(nimg=nimg)
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"training state not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for foreign or torn files
+        raise ValueError(f"{path} is not a readable epigraf training state: {err}") from err
+
+
+def latest_snapshot(run_dir: Path) -> tuple[Path, Path] | None:
+    """(network, state) of the newest complete snapshot in ``run_dir``, or None."""
+    found = sorted((int(m.group(1)), p) for p in run_dir.glob("training-state-*.pt") if (m := STATE_RE.search(p.name)))
+    for nimg, state in reversed(found):
+        network = network_path(run_dir, nimg)
+        if network.is_file():
+            return network, state
+    return None
+
+
+def resolve_resume(resume: str, run_dir: Path | None, out_dir: Path) -> tuple[Path, Path]:
+    """``--resume latest`` (newest snapshot of ``run_dir``, else of the newest run under ``out_dir``) or a path
+    to a training-state file (its network file is the sibling with the same image count)."""
+    if resume != "latest":
+        state = Path(resume)
+        m = STATE_RE.search(state.name)
+        if m is None:
+            raise ValueError(f"--resume expects 'latest' or a training-state-<nimg>.pt file, got {resume!r}")
+        network = network_path(state.parent, int(m.group(1)))
+        if not network.is_file():
+            raise FileNotFoundError(f"the network file for {state.name} is missing: {network}")
+        if not state.is_file():
+            raise FileNotFoundError(f"training state not found: {state}")
+        return network, state
+    runs = sorted((p for p in out_dir.glob("*") if p.is_dir()), reverse=True)
+    candidates = [run_dir] if run_dir is not None else runs
+    for candidate in candidates:
+        snap = latest_snapshot(candidate)
+        if snap is not None:
+            return snap
+    where = run_dir if run_dir is not None else f"any run under {out_dir}"
+    raise FileNotFoundError(f"--resume latest: no complete snapshot in {where}")

@@ -1,0 +1,206 @@
+"""Training: resume replays the uninterrupted run, kills lose at most one snapshot, torchrun ranks agree,
+non-finite steps are skipped, options are validated."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_checkpoint import tiny_model_config
+
+from epigraf.train.loop import optimizer_step, train
+from epigraf.train.options import TrainOptions
+from epigraf.train.snapshot import latest_snapshot, resolve_resume
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_dataset(root: Path, n: int = 8, res: int = 32) -> Path:
+    rng = np.random.RandomState(0)
+    root.mkdir(parents=True, exist_ok=True)
+    angles = {}
+    for i in range(n):
+        Image.fromarray((rng.rand(res, res, 3) * 255).astype(np.uint8)).save(root / f"img{i:03d}.png")
+        angles[f"img{i:03d}"] = [float(rng.uniform(-0.4, 0.4)), float(math.pi / 2 + rng.uniform(-0.2, 0.2)), 0.0]
+    (root / "dataset.json").write_text(json.dumps({"camera_angles": angles}))
+    return root
+
+
+def options(tmp_path: Path, **kw) -> TrainOptions:
+    base = dict(data=str(tmp_path / "data"), out=str(tmp_path / "runs"), batch_size=4, tick_kimg=0.008, kimg=0.016,
+                workers=0, snapshot_ticks=1, image_ticks=0, progress=False, r1_interval=2, ada_interval=1)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_dataset(tmp_path / "data")
+
+
+def read_stats(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+
+
+def test_resume_replays_the_uninterrupted_run_step_for_step(tmp_path, dataset):
+    model = tiny_model_config()
+    full = train(options(tmp_path, run=str(tmp_path / "full")), model)
+    half = train(options(tmp_path, run=str(tmp_path / "half"), kimg=0.008), model)
+    assert half.cur_nimg == 8
+    resumed = train(options(tmp_path, run=str(tmp_path / "half"), resume="latest"), model)
+    assert resumed.cur_nimg == full.cur_nimg == 16
+    full_stats, resumed_stats = read_stats(full.run_dir), read_stats(resumed.run_dir)
+    assert len(full_stats) == len(resumed_stats) == 2
+    for key in ("loss/G", "loss/D", "scores/real", "augment/p"):
+        assert resumed_stats[1][key] == full_stats[1][key], key
+    for a, b in zip(full.G_ema.state_dict().values(), resumed.G_ema.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_snapshot_files_and_run_folder(tmp_path, dataset):
+    result = train(options(tmp_path, image_ticks=1), tiny_model_config())
+    names = sorted(p.name for p in result.run_dir.iterdir())
+    assert "network-0000000008.safetensors" in names and "training-state-0000000016.pt" in names
+    assert {"options.json", "config.json", "stats.jsonl", "reals.png", "fakes-0000000016.png"} <= set(names)
+    assert latest_snapshot(result.run_dir)[0].name == "network-0000000016.safetensors"
+    assert json.loads((result.run_dir / "config.json").read_text())["name"] == "tiny"
+
+
+def test_transfer_loads_weights_but_restarts_counters(tmp_path, dataset):
+    first = train(options(tmp_path, kimg=0.008), tiny_model_config())
+    network, _ = latest_snapshot(first.run_dir)
+    second = train(options(tmp_path, kimg=0.004, transfer=str(network), augment="none"), tiny_model_config())
+    assert second.cur_nimg == 4 and second.run_dir != first.run_dir
+
+
+def _script(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO / 'tests')!r})
+        from test_checkpoint import tiny_model_config
+        from epigraf.train.loop import train
+        from epigraf.train.options import TrainOptions
+        """) + textwrap.dedent(body))
+    return path
+
+
+def test_sigkill_then_resume_loses_at_most_one_snapshot_interval(tmp_path, dataset):
+    script = _script(tmp_path, f"""
+        opts = TrainOptions(data={str(dataset)!r}, run={str(tmp_path / 'run')!r}, batch_size=4, tick_kimg=0.004,
+                            kimg=float(sys.argv[1]), workers=0, snapshot_ticks=1, image_ticks=0, progress=False,
+                            resume=sys.argv[2] if len(sys.argv) > 2 else None)
+        train(opts, tiny_model_config())
+        """)
+    proc = subprocess.Popen([sys.executable, str(script), "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = tmp_path / "run"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run.is_dir() and len(list(run.glob("training-state-*.pt"))) >= 2):
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    network, state = latest_snapshot(run)
+    killed_at = int(state.name.split("-")[-1].split(".")[0])
+    assert killed_at >= 8
+    assert not list(run.glob("*.tmp"))  # atomic writes leave no torn files behind
+    done = subprocess.run([sys.executable, str(script), str((killed_at + 8) / 1000), "latest"], capture_output=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    stats = read_stats(run)
+    kimgs = [s["kimg"] for s in stats]
+    assert kimgs[-1] == pytest.approx((killed_at + 8) / 1000)
+    assert min(k for k in kimgs if k * 1000 > killed_at) * 1000 == killed_at + 4  # resumed right after the snapshot
+
+
+def test_sigterm_writes_a_snapshot_and_exits_cleanly(tmp_path, dataset):
+    script = _script(tmp_path, f"""
+        opts = TrainOptions(data={str(dataset)!r}, run={str(tmp_path / 'run')!r}, batch_size=4, tick_kimg=0.004,
+                            kimg=1000.0, workers=0, snapshot_ticks=1000, image_ticks=0, progress=False)
+        train(opts, tiny_model_config())
+        """)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = tmp_path / "run"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "stats.jsonl").is_file():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
+    assert latest_snapshot(run) is not None
+
+
+def test_two_process_torchrun_ranks_hold_identical_weights(tmp_path, dataset):
+    script = _script(tmp_path, f"""
+        import os, torch
+        opts = TrainOptions(data={str(dataset)!r}, run={str(tmp_path / 'run')!r}, batch_size=4, tick_kimg=0.008,
+                            kimg=0.016, workers=0, snapshot_ticks=1, image_ticks=0, progress=False, r1_interval=2)
+        result = train(opts, tiny_model_config())
+        torch.save({{k: v for k, v in result.G.state_dict().items()}} | {{"D." + k: v for k, v in
+                    result.D.state_dict().items()}}, {str(tmp_path)!r} + f"/rank{{os.environ['RANK']}}.pt")
+        """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           "29731", str(script)], capture_output=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert latest_snapshot(tmp_path / "run")[0].name == "network-0000000016.safetensors"
+
+
+def test_a_non_finite_step_is_skipped_and_never_applied():
+    from epigraf.train.distributed import DistEnv
+
+    layer = torch.nn.Linear(3, 1)
+    before = [p.detach().clone() for p in layer.parameters()]
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1)
+    env = DistEnv(0, 1, torch.device("cpu"))
+    loss = layer(torch.tensor([[1.0, float("nan"), 0.0]])).sum()
+    assert optimizer_step(opt, list(layer.parameters()), loss, env) is False
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=True))
+    assert optimizer_step(opt, list(layer.parameters()), layer(torch.ones(1, 3)).sum(), env) is True
+    assert not all(torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"preset": "ffhq1024"}, "unknown preset 'ffhq1024'"),
+    ({"augment": "diffaug"}, "--augment must be 'ada' or 'none'"),
+    ({"kimg": 0}, "--kimg must be positive"),
+    ({"resume": "latest", "transfer": "x.safetensors"}, "are exclusive"),
+])
+def test_bad_options_are_rejected(kw, message):
+    with pytest.raises(ValueError, match=message):
+        TrainOptions(**kw)
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no complete snapshot"):
+        resolve_resume("latest", tmp_path, tmp_path)
+    with pytest.raises(ValueError, match="training-state-<nimg>.pt"):
+        resolve_resume(str(tmp_path / "model.pkl"), None, tmp_path)
+
+
+def test_dataset_of_the_wrong_resolution_is_refused(tmp_path):
+    make_dataset(tmp_path / "data", res=16)
+    with pytest.raises(ValueError, match=r"dataset images are 16² but the model \('tiny'\) trains at 32²"):
+        train(options(tmp_path), tiny_model_config())
+
+
+def test_cli_train_runs_and_reports_errors(tmp_path, dataset, capsys):
+    from epigraf.cli import main
+
+    assert main(["train", "--preset", "ffhq256", "--data", str(dataset), "--out", str(tmp_path / "r"),
+                 "--workers", "0", "--no-progress"]) == 2
+    assert "dataset images are 32² but the model ('ffhq256') trains at 256²" in capsys.readouterr().err
