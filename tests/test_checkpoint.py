@@ -77,7 +77,8 @@ def test_weights_that_do_not_fit_the_stored_config_are_named(tmp_path):
     tensors = load_file(str(path))
     save_file(tensors, str(path), metadata={"format": "epigraf-checkpoint-1",
                                             "config": json.dumps(dataclasses.asdict(bigger))})
-    with pytest.raises(ValueError, match=r"mis-shaped keys: field.mlp.model.0.weight \(file \[16, 8\], model \[32, 8\]"):
+    with pytest.raises(ValueError,
+                       match=r"mis-shaped keys: field.mlp.model.0.weight \(file \[16, 8\], model \[32, 8\]"):
         load_checkpoint(path)
 
 

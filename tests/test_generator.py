@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from conftest import rel_err
 
+from conftest import rel_err
 from epigraf.cameras import Cameras
 from epigraf.compat.original import from_original
 from epigraf.config import GeneratorConfig, RenderConfig, preset

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_checkpoint import tiny_model_config
 
 from epigraf.train.loop import optimizer_step, train
 from epigraf.train.options import TrainOptions
 from epigraf.train.snapshot import latest_snapshot, resolve_resume
+from test_checkpoint import tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 
