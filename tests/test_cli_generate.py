@@ -99,7 +99,7 @@ def test_grid_has_a_row_per_seed_and_a_column_per_yaw(checkpoint, tmp_path):
 
 def test_seed_ranges_and_normal_maps(checkpoint, tmp_path):
     assert main(["generate", "--checkpoint", str(checkpoint), "--seeds", "0-1,3", "--resolution", "10",
-                 "--normals", "--out", str(tmp_path / "out")]) == 0
+                 "--batch-size", "2", "--normals", "--out", str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "seed0000.png", "seed0000_normals.png", "seed0001.png", "seed0001_normals.png", "seed0003.png",
         "seed0003_normals.png"]

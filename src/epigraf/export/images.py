@@ -30,3 +30,15 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
     return path
+
+
+def image_grid(images: np.ndarray, num_cols: int) -> np.ndarray:
+    """uint8 [N, H, W, 3] → one [rows·H, cols·W, 3] image, row-major; cells past N in the last row stay black."""
+    if num_cols < 1:
+        raise ValueError(f"a grid needs at least one column, got {num_cols}")
+    n, h, w, ch = images.shape
+    cols = min(num_cols, n)
+    rows = -(-n // cols)
+    grid = np.zeros((rows * cols, h, w, ch), dtype=images.dtype)
+    grid[:n] = images
+    return grid.reshape(rows, cols, h, w, ch).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, ch)

@@ -1,0 +1,99 @@
+"""Rendering trained generators for inference: batched views of fixed latents, more ray steps, normal maps.
+
+Visualisations use the stored constant StyleGAN noise and, by default, deterministic ray sampling
+(SPEC §10 row 2, §12.1), so the same seed and camera always give the same picture.
+
+    G2 = with_ray_steps(G, 2)                               # the original's inference setting (SPEC §7.2)
+    ws = seeds_to_ws(G2, [0])                               # one latent ...
+    for out in render_batches(G2, ws, front_circle(64)):    # ... tri-planes computed once, 64 frames
+        frames.append(to_uint8(out.image))
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from epigraf.camera_paths import take
+from epigraf.cameras import Cameras
+from epigraf.nn.generator import Generator, GeneratorOutput
+from epigraf.rays import camera_directions, pixel_grid
+
+
+def with_ray_steps(G: Generator, multiplier: int) -> Generator:
+    """A view of ``G`` that renders with ``num_ray_steps × multiplier`` coarse (and as many fine) samples.
+
+    The view is a shallow copy: every parameter, buffer and sub-module is G's own (no weights copied, later
+    weight updates show through); only ``cfg`` is a new object, so G and its config are left untouched.
+    """
+    if multiplier < 1:
+        raise ValueError(f"--ray-step-multiplier must be ≥ 1, got {multiplier}")
+    if multiplier == 1:
+        return G
+    view = copy.copy(G)
+    render = dataclasses.replace(G.cfg.render, num_ray_steps=G.cfg.render.num_ray_steps * multiplier)
+    view.cfg = dataclasses.replace(G.cfg, render=render)
+    return view
+
+
+@torch.no_grad()
+def render_batches(G: Generator, ws: Tensor, cameras: Cameras, resolution: int | None = None,
+                   deterministic: bool = True, batch_size: int = 16) -> Iterator[GeneratorOutput]:
+    """Render ``cameras`` (T of them) in batches of ``batch_size``; yields one GeneratorOutput per batch.
+
+    ws: [1, num_ws, w_dim] — one scene for every camera: its tri-planes are synthesised once and shared by all
+    frames; or [T, num_ws, w_dim] — one latent per camera (interpolations, one view per seed), synthesised
+    batch by batch. Images are [b, 3, H, W] with H = W = ``resolution`` (default: the model's).
+    """
+    t = cameras.batch_size
+    if ws.shape[0] not in (1, t):
+        raise ValueError(f"{ws.shape[0]} latents for {t} cameras: give one latent, or one per camera")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be ≥ 1, got {batch_size}")
+    shared = G.synthesize(ws, noise_mode="const") if ws.shape[0] == 1 else None
+    device = ws.device
+    for start in range(0, t, batch_size):
+        idx = slice(start, min(start + batch_size, t))
+        cams = take(cameras, idx).to(device)
+        if shared is None:
+            planes = G.synthesize(ws[idx], noise_mode="const")
+        else:
+            # expand() is a view; the renderer copies only this batch's worth of planes.
+            planes = shared.expand(cams.batch_size, -1, -1, -1)
+        yield G.render(planes, cams, resolution=resolution, deterministic=deterministic)
+
+
+def render_all(G: Generator, ws: Tensor, cameras: Cameras, resolution: int | None = None,
+               deterministic: bool = True, batch_size: int = 16) -> GeneratorOutput:
+    """``render_batches`` gathered into one GeneratorOutput on the CPU (image [T, 3, H, W], depth, opacity)."""
+    return concat_outputs(list(render_batches(G, ws, cameras, resolution, deterministic, batch_size)))
+
+
+def concat_outputs(outputs: list[GeneratorOutput]) -> GeneratorOutput:
+    """Concatenate renders along the batch dimension, on the CPU."""
+    return GeneratorOutput(*(torch.cat([getattr(o, f.name).cpu() for o in outputs])
+                             for f in dataclasses.fields(GeneratorOutput)))
+
+
+def depth_normals(depth: Tensor, fov: Tensor) -> Tensor:
+    """Camera-space unit normals from a rendered depth map.
+
+    depth: [B, 1, H, W] distance along each unit ray (the renderer's Σ wᵢ zᵢ); fov: [B] degrees.
+    → [B, 3, H, W] in OpenGL camera axes (+x image right, +y image up, +z towards the camera), each normal
+    turned to face the camera. Each pixel is lifted to its 3D point P = depth · ray direction and the normal is
+    the cross product of P's central differences along the image axes; silhouettes, where depth jumps, give
+    grazing normals — this is the geometry the renders show, not the field's density gradient.
+    """
+    b, _, h, w = depth.shape
+    dirs = camera_directions(pixel_grid(h, w, device=depth.device)[None], fov.to(depth)).reshape(b, h, w, 3)
+    p = depth.permute(0, 2, 3, 1) * dirs  # [B, H, W, 3]
+    d_right = torch.gradient(p, dim=2)[0]  # columns run left → right
+    d_up = -torch.gradient(p, dim=1)[0]  # rows run top → bottom
+    n = F.normalize(torch.linalg.cross(d_right, d_up, dim=-1), dim=-1)
+    facing_away = (n * dirs).sum(dim=-1, keepdim=True) > 0
+    return torch.where(facing_away, -n, n).permute(0, 3, 1, 2)
