@@ -39,7 +39,8 @@ def make_dataset(root: Path, n: int = 8, res: int = 32) -> Path:
 
 def options(tmp_path: Path, **kw) -> TrainOptions:
     base = dict(data=str(tmp_path / "data"), out=str(tmp_path / "runs"), batch_size=4, tick_kimg=0.008, kimg=0.016,
-                workers=0, snapshot_ticks=1, image_ticks=0, progress=False, r1_interval=2, ada_interval=1)
+                workers=0, snapshot_ticks=1, image_ticks=0, progress=False, r1_interval=2, ada_interval=1,
+                videos=False)
     base.update(kw)
     return TrainOptions(**base)
 
@@ -69,8 +70,9 @@ def test_resume_replays_the_uninterrupted_run_step_for_step(tmp_path, dataset):
 
 
 def test_snapshot_files_and_run_folder(tmp_path, dataset):
-    result = train(options(tmp_path, image_ticks=1), tiny_model_config())
+    result = train(options(tmp_path, image_ticks=1, videos=True), tiny_model_config())
     names = sorted(p.name for p in result.run_dir.iterdir())
+    assert {"video-0000000008.mp4", "video-0000000016.mp4"} <= set(names) or "video-0000000016.gif" in names
     assert "network-0000000008.safetensors" in names and "training-state-0000000016.pt" in names
     assert {"options.json", "config.json", "stats.jsonl", "reals.png", "fakes-0000000016.png"} <= set(names)
     assert latest_snapshot(result.run_dir)[0].name == "network-0000000016.safetensors"

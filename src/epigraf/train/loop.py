@@ -37,11 +37,12 @@ from epigraf.train.augment import AdaptiveP, AugmentPipe
 from epigraf.train.loss import PatchGANLoss, PhaseInputs
 from epigraf.train.options import TrainOptions
 from epigraf.train.snapshot import load_state, network_path, resolve_resume, save_state, state_path
-from epigraf.train.visualize import save_image_grid
+from epigraf.train.visualize import render_fake_grid, save_camera_path_video, save_image_grid
 
 log = logging.getLogger(__name__)
 
 PAPER_BATCH, BUILTIN_BATCH = 64, 16
+VIDEO_LATENTS = 4
 
 
 def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
@@ -417,26 +418,22 @@ class RunLogger:
         rng = np.random.RandomState(self.opts.seed)
         self.grid_idx = rng.randint(len(dataset), size=count)
         images = torch.from_numpy(np.stack([dataset[int(i)].image for i in self.grid_idx])).float() / 127.5 - 1
-        save_image_grid(images, self.run_dir / "reals.png", columns=4)
+        save_image_grid(images, self.run_dir / "reals.png")
 
-    @torch.no_grad()
     def save_fakes(self, G_ema: Generator, dataset: ImageDataset, cfg: ModelConfig, cur_nimg: int) -> None:
-        """A grid of G_ema renders (const noise, ψ = 1) at the cameras and labels of the real grid."""
+        """A grid of G_ema renders at the cameras and labels of the real grid, and a camera-path video."""
         if self.grid_idx is None:
             self.grid_idx = np.random.RandomState(self.opts.seed).randint(len(dataset), size=16)
-        device = next(G_ema.parameters()).device
         n = len(self.grid_idx)
         z = torch.from_numpy(np.random.RandomState(self.opts.seed + 1).randn(n, cfg.generator.z_dim)).float()
-        c = torch.from_numpy(dataset.labels[self.grid_idx][:, : cfg.generator.c_dim]).to(device)
+        c = torch.from_numpy(dataset.labels[self.grid_idx][:, : cfg.generator.c_dim]) if cfg.generator.c_dim else None
         angles = torch.from_numpy(dataset.camera_angles[self.grid_idx])
         if not torch.isfinite(angles).all():
             angles = sample_spherical_uniform(n, torch.Generator().manual_seed(self.opts.seed))
-        images = torch.cat([
-            G_ema(z[i : i + 4].to(device), c[i : i + 4] if cfg.generator.c_dim else None, angles[i : i + 4].to(device),
-                  deterministic=True).image.cpu()
-            for i in range(0, n, 4)
-        ])
-        save_image_grid(images, self.run_dir / f"fakes-{cur_nimg:010d}.png", columns=4)
+        save_image_grid(render_fake_grid(G_ema, z, c, angles), self.run_dir / f"fakes-{cur_nimg:010d}.png")
+        if self.opts.videos:
+            save_camera_path_video(G_ema, z[:VIDEO_LATENTS], None if c is None else c[:VIDEO_LATENTS],
+                                   self.run_dir / f"video-{cur_nimg:010d}")
 
     def close(self) -> None:
         if self.bar is not None:

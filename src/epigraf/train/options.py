@@ -43,7 +43,8 @@ class TrainOptions:
     g_camera_cond: bool = False  # generator pose conditioning (GPC)
     tick_kimg: float = -1.0  # < 0: 4 kimg for paper presets, 0.5 for builtin
     snapshot_ticks: int = 50
-    image_ticks: int = 50
+    image_ticks: int = 50  # grid of fakes (and, with --videos, a camera-path video) every N ticks; 0 = never
+    videos: bool = True
     metrics_ticks: int = 100  # FID@2k every N ticks when Inception weights are available; 0 = never
     resume: str | None = None  # "latest" (newest snapshot in --out/--run) or a training-state path
     transfer: str | None = None  # network checkpoint whose weights (not state) initialise G, G_ema, D

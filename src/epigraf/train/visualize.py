@@ -1,22 +1,59 @@
-"""Image grids written during training (reals once, G_ema fakes every few ticks)."""
+"""What training shows of itself: a grid of reals (once), grids of G_ema fakes and short camera-path videos.
+
+Fakes use G_ema with the stored constant noise, ψ = 1 and deterministic rendering, at fixed latents, so
+successive grids show the training's progress rather than sampling noise.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import Tensor
 
-from epigraf.export.images import save_png, to_uint8
+from epigraf.camera_paths import front_circle, orbit
+from epigraf.export.images import image_grid, save_png, to_uint8
+from epigraf.export.video import resolve_format, video_path, write_video
+from epigraf.inference import render_batches
+from epigraf.nn.generator import Generator
+
+GRID_COLUMNS = 4
 
 
-def save_image_grid(images: Tensor, path: Path, columns: int) -> Path:
+def save_image_grid(images: Tensor, path: Path, columns: int = GRID_COLUMNS) -> Path:
     """images [N, 3, H, W] in [−1, 1] → one PNG with ``columns`` images per row."""
-    tiles = to_uint8(images)
-    n, h, w, _ = tiles.shape
-    rows = -(-n // columns)
-    grid = np.full((rows * h, columns * w, 3), 255, dtype=np.uint8)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, columns)
-        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = tile
-    return save_png(grid, path)
+    return save_png(image_grid(to_uint8(images), columns), path)
+
+
+@torch.no_grad()
+def render_fake_grid(G: Generator, z: Tensor, c: Tensor | None, angles: Tensor, batch_size: int = 4) -> Tensor:
+    """G_ema renders of latents z [N, z_dim] at cameras angles [N, 3] → [N, 3, R, R] on the CPU."""
+    device = next(G.parameters()).device
+    parts = []
+    for i in range(0, z.shape[0], batch_size):
+        ci = None if c is None else c[i : i + batch_size].to(device)
+        parts.append(G(z[i : i + batch_size].to(device), ci, angles[i : i + batch_size].to(device),
+                       truncation_psi=1.0, deterministic=True).image.cpu())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def save_camera_path_video(G: Generator, z: Tensor, c: Tensor | None, path_stem: Path, num_frames: int = 32,
+                           fps: float = 15.0) -> Path:
+    """A grid video of the latents z [N, z_dim] along the training-time camera path: ``front_circle`` (yaw ±0.5,
+    pitch ±0.3, fov ±1°) for datasets with frontal poses, a full orbit for 360° datasets. MP4 when available."""
+    cam = G.cfg.camera
+    if cam.distribution == "custom":
+        cameras = front_circle(num_frames, cam.fov, cam.radius, yaw_amplitude=0.5, pitch_amplitude=0.3)
+    else:
+        cameras = orbit(num_frames, cam.fov, cam.radius)
+    device = next(G.parameters()).device
+    ws = G.mapping(z.to(device), None if c is None else c.to(device))
+    per_latent = []
+    for i in range(z.shape[0]):
+        frames = torch.cat([out.image.cpu() for out in render_batches(G, ws[i : i + 1], cameras)])
+        per_latent.append(to_uint8(frames))  # [T, H, W, 3]
+    clips = np.stack(per_latent, axis=1)  # [T, N, H, W, 3]
+    fmt = resolve_format("auto")
+    return write_video((image_grid(frame, GRID_COLUMNS) for frame in clips), video_path(path_stem, fmt), fps)
