@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
-        # User errors (bad dataset, checkpoint, flag value) get one clear line, not a traceback.
+    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as err:
+        # User errors (bad dataset, checkpoint, flag value, a missing optional extra) get one clear line.
         print(f"epigraf {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from epigraf.camera_formats import WORLDS
 from epigraf.cameras import CAMERA_DISTRIBUTIONS
+from epigraf.commands.dataset_builtin import register_builtin
 from epigraf.config import PRESETS, CameraConfig, ModelConfig, preset
 from epigraf.data.camera_check import check_camera
 from epigraf.data.convert import BACKGROUNDS, ConvertOptions, ConvertResult, convert_dataset
@@ -43,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Bring your own images: convert poses from other tools, validate a "
                                           "dataset and the camera configuration, and look at it.")
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    register_builtin(sub)
 
     c = sub.add_parser("convert", help="images + poses (any supported format) → our zip with dataset.json")
     c.add_argument("source", type=Path, help="folder or zip of images")

@@ -95,3 +95,8 @@ def all_gather_cat(tensor: Tensor, env: DistEnv) -> Tensor:
     parts = [torch.empty_like(tensor) for _ in range(env.world_size)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
+
+
+def barrier(env: DistEnv) -> None:
+    if env.enabled:
+        dist.barrier()

@@ -70,12 +70,19 @@ class InterruptFlag:
             signal.signal(sig, handler)
 
 
-def resolve_dataset(opts: TrainOptions, resolution: int) -> ImageDataset:
+def resolve_dataset(opts: TrainOptions, resolution: int, env: distributed.DistEnv) -> ImageDataset:
+    """The user's dataset, or the built-in one (rendered once into the cache by rank 0 while others wait)."""
     if opts.data is not None:
         return ImageDataset(opts.data, mirror=opts.mirror)
     from epigraf.data.builtin import build_builtin_dataset
 
-    return ImageDataset(build_builtin_dataset(resolution=resolution), mirror=opts.mirror)
+    if env.is_main:
+        log.info("preparing the built-in dataset at %d² (rendered once, then cached)", resolution)
+        path = build_builtin_dataset(resolution=resolution, progress=opts.progress)
+    distributed.barrier(env)
+    if not env.is_main:
+        path = build_builtin_dataset(resolution=resolution)
+    return ImageDataset(path, mirror=opts.mirror)
 
 
 def model_config_for(opts: TrainOptions, dataset: ImageDataset, base: ModelConfig) -> ModelConfig:
@@ -211,7 +218,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv) -> T
     resume = None
     if opts.resume is not None:
         resume = resolve_resume(opts.resume, Path(opts.run) if opts.run else None, Path(opts.out))
-    dataset = resolve_dataset(opts, base.generator.image_resolution)
+    dataset = resolve_dataset(opts, base.generator.image_resolution, env)
     cfg = model_config_for(opts, dataset, base)
 
     torch.manual_seed(opts.seed)
