@@ -149,30 +149,29 @@ class Conv2dLayer(nn.Module):
         return f"in={self.in_channels}, out={self.out_channels}, k={self.kernel_size}, down={self.down}"
 
 
-def modulated_conv2d(
-    x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool = True, up_filter: Tensor | None = None
-) -> Tensor:
-    """StyleGAN2 weight (de)modulation, computed on activations (one shared convolution).
+def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, up_filter: Tensor | None = None) -> Tensor:
+    """StyleGAN2 weight modulation, computed on activations (one shared convolution).
 
     x [B, I, H, W], weight [O, I, k, k], styles [B, I] → [B, O, H', W'] with H' = 2H when an
-    ``up_filter`` is given. Scaling the input channels by the styles and the output channels by the
-    demodulation coefficients equals convolving with per-sample modulated weights, but runs as one
-    batched convolution. Padding keeps the size (k // 2); the up-sampling path is a stride-2
-    transposed convolution followed by the FIR filter (gain 4), as in StyleGAN2.
+    ``up_filter`` is given. Scaling the input channels by the styles equals convolving with per-sample
+    modulated weights, but runs as one batched convolution. Padding keeps the size (k // 2); the
+    up-sampling path is a stride-2 transposed convolution followed by the FIR filter (gain 4), as in
+    StyleGAN2. Demodulation is left to the caller (``demodulation_coefficients``), which can fuse it
+    with whatever follows.
     """
     weight = weight.to(x.dtype)
     k = weight.shape[-1]
     x = x * styles[:, :, None, None]
     if up_filter is None:
-        x = F.conv2d(x, weight, padding=k // 2)
-    else:
-        x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)  # [B, O, 2H + k - 2, 2W + k - 2]
-        pad = 5 - k  # the 4-tap filter brings the size back to 2H
-        x = _fir(x, up_filter, (pad - pad // 2, pad // 2, pad - pad // 2, pad // 2), gain=4.0)
-    if demodulate:
-        dcoefs = (styles.square() @ weight.square().sum(dim=(2, 3)).T + 1e-8).rsqrt()  # [B, O]
-        x = x * dcoefs[:, :, None, None]
-    return x
+        return F.conv2d(x, weight, padding=k // 2)
+    x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)  # [B, O, 2H + k - 2, 2W + k - 2]
+    pad = 5 - k  # the 4-tap filter brings the size back to 2H
+    return _fir(x, up_filter, (pad - pad // 2, pad // 2, pad - pad // 2, pad // 2), gain=4.0)
+
+
+def demodulation_coefficients(weight: Tensor, styles: Tensor) -> Tensor:
+    """1 / ‖modulated weight of output channel o‖ per sample: weight [O, I, k, k], styles [B, I] → [B, O]."""
+    return (styles.square() @ weight.to(styles.dtype).square().sum(dim=(2, 3)).T + 1e-8).rsqrt()
 
 
 class MinibatchStd(nn.Module):

@@ -10,9 +10,18 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from epigraf.nn.layers import FullyConnected, fir_filter_2d, lrelu_clamped, modulated_conv2d, upsample2d
+from epigraf.nn.layers import (
+    LRELU_GAIN,
+    LRELU_SLOPE,
+    FullyConnected,
+    demodulation_coefficients,
+    fir_filter_2d,
+    modulated_conv2d,
+    upsample2d,
+)
 
 NOISE_MODES = ("random", "const", "none")
 
@@ -48,17 +57,27 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("resample_filter", fir_filter_2d(), persistent=False)
 
     def forward(self, x: Tensor, w: Tensor, noise_mode: str = "random") -> Tensor:
-        """x [B, in, H, W], w [B, w_dim] → [B, out, H', W'] (H' = 2H if up)."""
+        """x [B, in, H, W], w [B, w_dim] → [B, out, H', W'] (H' = 2H if up).
+
+        Computes clamp(lrelu(demod·conv + noise + bias)·√2, ±clamp) in as few passes over the (large)
+        activations as possible: lrelu(g·y) = g·lrelu(y) for g > 0 folds the gain into one multiply-add
+        together with demodulation, bias and constant noise, and clamping to (−clamp/0.2, clamp) before the
+        activation equals clamping to ±clamp after it.
+        """
         styles = self.affine(w)
-        x = modulated_conv2d(x, self.weight, styles, demodulate=True,
-                             up_filter=self.resample_filter if self.up else None)
-        if self.use_noise and noise_mode != "none":
-            if noise_mode == "const":
-                noise = self.noise_const
-            else:
-                noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
-            x = x + noise * self.noise_strength
-        return lrelu_clamped(x + self.bias[None, :, None, None], clamp=self.conv_clamp)
+        x = modulated_conv2d(x, self.weight, styles, up_filter=self.resample_filter if self.up else None)
+        scale = demodulation_coefficients(self.weight, styles) * LRELU_GAIN
+        offset = (self.bias * LRELU_GAIN).to(x.dtype)[None, :, None, None]
+        noisy = self.use_noise and noise_mode != "none"
+        if noisy and noise_mode == "const":
+            offset = offset + self.noise_const * (self.noise_strength * LRELU_GAIN)
+        x = torch.addcmul(offset, x, scale[:, :, None, None])
+        if noisy and noise_mode == "random":
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
+            x.add_(noise * (self.noise_strength * LRELU_GAIN))
+        if self.conv_clamp is not None:
+            x.clamp_(-self.conv_clamp / LRELU_SLOPE, self.conv_clamp)
+        return F.leaky_relu_(x, LRELU_SLOPE)
 
 
 class ToPlanesLayer(nn.Module):
@@ -75,8 +94,8 @@ class ToPlanesLayer(nn.Module):
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         """x [B, in, H, W], w [B, w_dim] → [B, out, H, W]."""
         styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False) + self.bias[None, :, None, None]
-        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
+        x = modulated_conv2d(x, self.weight, styles).add_(self.bias[None, :, None, None])
+        return x if self.conv_clamp is None else x.clamp_(-self.conv_clamp, self.conv_clamp)
 
 
 class SynthesisBlock(nn.Module):
@@ -116,7 +135,7 @@ class SynthesisBlock(nn.Module):
             x = self.conv0(x, ws[:, 0], noise_mode)
             x = self.conv1(x, ws[:, 1], noise_mode)
         y = self.torgb(x, ws[:, self.num_conv])
-        img = y if img is None else upsample2d(img, self.resample_filter) + y
+        img = y if img is None else upsample2d(img, self.resample_filter).add_(y)
         return x, img
 
 
