@@ -1,10 +1,15 @@
-"""Model-core speed on the paper's ffhq256 configuration, beside the original's figures.
+"""Model-core and training-iteration speed on the paper's ffhq256 configuration, beside the original's figures.
 
-    python benchmarks/bench_core.py [--batch 4] [--repeats 3] [--device cpu] [--out benchmarks/results/core.json]
+    python benchmarks/bench_core.py [--batch 4] [--repeats 2] [--device cpu] [--no-malloc-tuning]
+                                    [--out benchmarks/results/core.json]
 
 Prints a table (median wall seconds over ``--repeats`` after one warm-up) and writes JSON with the
-environment. The original's numbers come from ../shared/REFERENCE_TIMINGS.md (2-core x86-64, torch
-2.13 CPU, fp32, kimg 0, batch 4); compare ratios measured on the same kind of machine.
+environment. The training iteration runs the real training code (``epigraf.train.loss`` phases,
+``optimizer_step``, ``update_ema``) at kimg 0 (blur σ = 10, patch scales ≈ 1, NeRF noise std 1), with
+the R1 phase timed separately (the loop runs it every 16th iteration; "iteration" counts it every time,
+as REFERENCE_TIMINGS.md does). The original's numbers come from ../shared/REFERENCE_TIMINGS.md (a
+different 2-core x86-64 machine, torch 2.13 CPU, fp32, batch 4): compare ratios measured on the same
+machine; absolute ratios across machines only bound what the code contributes.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -24,15 +30,25 @@ import torch.nn.functional as F
 from epigraf.config import preset
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
-from epigraf.patches import sample_patch_params
+from epigraf.runtime import tune_cpu_allocator
 from epigraf.schedules import adam_settings_for_lazy_reg
+from epigraf.train.augment import AugmentPipe
+from epigraf.train.distributed import DistEnv
+from epigraf.train.loop import optimizer_step, update_ema
+from epigraf.train.loss import PatchGANLoss, PhaseInputs
 
 # Original implementation, batch 4, seconds (REFERENCE_TIMINGS.md; ranges → their midpoint).
 ORIGINAL_B4 = {
     "G forward, 64² patches, no grad": 11.6,
+    "G forward+backward, 64² patches": 42.55,
     "G forward, full 256² image, no grad": 50.8,
+    "D forward, no grad": 0.58,
     "D forward+backward": 1.61,
-    "G+D training step (G phase + D phase)": 38.4 + 13.3,
+    "phase G (G fwd+bwd through D, Adam)": 38.4,
+    "phase D (fakes, D fake+real fwd/bwd, Adam)": 13.3,
+    "phase R1 (double backward)": 3.5,
+    "EMA update": None,
+    "training iteration (G + D + R1 + EMA)": 56.5,
 }
 
 
@@ -54,79 +70,125 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="ffhq256")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default allocator settings")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/core.json"))
     args = parser.parse_args()
+    tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
 
     device = torch.device(args.device)
     torch.manual_seed(0)
     cfg = preset(args.preset)
     G = Generator(cfg.generator).to(device).train()
+    G_ema = Generator(cfg.generator).to(device).eval().requires_grad_(False)
     D = Discriminator(cfg.discriminator).to(device).train()
-    b, r = args.batch, cfg.patch.resolution
-    z = torch.randn(b, cfg.generator.z_dim, device=device)
-    c = torch.zeros(b, cfg.generator.c_dim, device=device) if cfg.generator.c_dim else None
-    angles = torch.tensor([[0.0, 1.5708, 0.0]], device=device).repeat(b, 1)
-    pp = sample_patch_params(b, cfg.patch, kimg=0.0).to(device)
-    real = torch.rand(b, 3, r, r, device=device) * 2 - 1
-
-    g_opt = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99), eps=1e-8)
+    augment = AugmentPipe().to(device)  # p = 0 at kimg 0, as in the reference measurement
+    b, R = args.batch, cfg.generator.image_resolution
+    c_dim = cfg.generator.c_dim
+    x = PhaseInputs(
+        real=torch.rand(b, 3, R, R, device=device) * 2 - 1, real_c=torch.zeros(b, c_dim, device=device),
+        real_angles=torch.tensor([[0.0, 1.5708, 0.0]], device=device).repeat(b, 1),
+        z=torch.randn(b, cfg.generator.z_dim, device=device), fake_c=torch.zeros(b, c_dim, device=device),
+        fake_angles=torch.tensor([[0.1, 1.5, 0.0]], device=device).repeat(b, 1),
+    )
+    loss = PatchGANLoss(cfg, G, D, augment, cfg.r1_gamma, 10.0, 200.0, 0.5, 1000.0)
+    g_params, d_params = list(G.parameters()), list(D.parameters())
+    g_opt = torch.optim.Adam(g_params, lr=0.0025, betas=(0.0, 0.99), eps=1e-8)
     d_lr, d_betas = adam_settings_for_lazy_reg(0.002, (0.0, 0.99), 16)
-    d_opt = torch.optim.Adam(D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8)
+    d_opt = torch.optim.Adam(d_params, lr=d_lr, betas=d_betas, eps=1e-8)
+    env = DistEnv(0, 1, device)
+    c = x.fake_c if c_dim else None
+    pp = loss.draw_patch_params(b, 0.0, device)
+    patches = x.real[:, :, : cfg.patch.resolution, : cfg.patch.resolution].contiguous()
 
     def g_patch_forward() -> None:
         with torch.no_grad():
-            G(z, c, angles, patch_params=pp, noise_mode="random", nerf_noise_std=1.0)
+            G(x.z, c, x.fake_angles, patch_params=pp, noise_mode="random", nerf_noise_std=1.0)
+
+    def g_patch_backward() -> None:
+        G.zero_grad(set_to_none=True)
+        G(x.z, c, x.fake_angles, patch_params=pp, noise_mode="random", nerf_noise_std=1.0).image.mean().backward()
 
     def g_full_forward() -> None:
         with torch.no_grad():
-            G.eval()(z, c, angles, noise_mode="random")
+            G.eval()(x.z, c, x.fake_angles, noise_mode="random")
         G.train()
+
+    def d_forward() -> None:
+        with torch.no_grad():
+            D(patches, c, pp)
 
     def d_forward_backward() -> None:
         D.zero_grad(set_to_none=True)
-        F.softplus(-D(real, c, pp)).mean().backward()
+        F.softplus(-D(patches, c, pp)).mean().backward()
 
-    def train_step() -> None:
-        g_opt.zero_grad(set_to_none=True)
-        fake = G(z, c, angles, patch_params=pp, noise_mode="random", nerf_noise_std=1.0).image
-        F.softplus(-D(fake, c, pp)).mean().backward()
-        g_opt.step()
-        d_opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            fake = G(z, c, angles, patch_params=pp, noise_mode="random", nerf_noise_std=1.0,
-                     update_emas=True).image
-        (F.softplus(D(fake, c, pp)).mean() + F.softplus(-D(real, c, pp)).mean()).backward()
-        d_opt.step()
+    def phase_g() -> None:
+        G.requires_grad_(True)
+        D.requires_grad_(False)
+        optimizer_step(g_opt, g_params, loss.generator_loss(x, 0.0)[0], env)
+
+    def phase_d() -> None:
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        optimizer_step(d_opt, d_params, loss.discriminator_loss(x, 0.0)[0], env)
+
+    def phase_r1() -> None:
+        optimizer_step(d_opt, d_params, loss.r1_loss(x, 0.0, 16)[0], env)
+
+    def ema() -> None:
+        update_ema(G_ema, G, 0.999)
 
     cases = {
         "G forward, 64² patches, no grad": g_patch_forward,
+        "G forward+backward, 64² patches": g_patch_backward,
         "G forward, full 256² image, no grad": g_full_forward,
+        "D forward, no grad": d_forward,
         "D forward+backward": d_forward_backward,
-        "G+D training step (G phase + D phase)": train_step,
+        "phase G (G fwd+bwd through D, Adam)": phase_g,
+        "phase D (fakes, D fake+real fwd/bwd, Adam)": phase_d,
+        "phase R1 (double backward)": phase_r1,
+        "EMA update": ema,
     }
+    comparable = args.batch == 4 and args.preset == "ffhq256"
     rows = []
     for name, fn in cases.items():
         ours = timed(fn, args.repeats, device)
-        original = ORIGINAL_B4.get(name) if (args.batch == 4 and args.preset == "ffhq256") else None
-        rows.append({"case": name, "ours_s": ours, "original_s": original,
-                     "speedup": original / ours if original else None})
+        rows.append({"case": name, "ours_s": ours, "original_s": ORIGINAL_B4.get(name) if comparable else None})
+    phases = [r["ours_s"] for r in rows if r["case"].startswith(("phase", "EMA"))]
+    rows.append({"case": "training iteration (G + D + R1 + EMA)", "ours_s": sum(phases),
+                 "original_s": ORIGINAL_B4["training iteration (G + D + R1 + EMA)"] if comparable else None})
+    for row in rows:
+        row["speedup"] = row["original_s"] / row["ours_s"] if row["original_s"] else None
 
-    env = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+    peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    env_info = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "python": platform.python_version(), "preset": args.preset, "batch": b, "repeats": args.repeats,
-        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
+        "preset": args.preset, "batch": b, "repeats": args.repeats, "malloc_tuning": tuned,
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"), "peak_rss_gib": round(peak_rss_gib, 2),
     }
-    print(f"{args.preset}, batch {b}, {env['device']}, {env['torch_threads']} threads, torch {env['torch']}")
-    print(f"{'case':42s} {'ours (s)':>9s} {'original (s)':>13s} {'speed-up':>9s}")
+    print(f"{args.preset}, batch {b}, {env_info['device']} ({env_info['cpu_capability']}), "
+          f"{env_info['torch_threads']} threads, torch {env_info['torch']}, malloc tuning {'on' if tuned else 'off'}")
+    print(f"{'case':46s} {'ours (s)':>9s} {'original (s)':>13s} {'ratio':>7s}")
     for row in rows:
         orig = f"{row['original_s']:.2f}" if row["original_s"] else "–"
         sp = f"{row['speedup']:.2f}×" if row["speedup"] else "–"
-        print(f"{row['case']:42s} {row['ours_s']:9.2f} {orig:>13s} {sp:>9s}")
+        print(f"{row['case']:46s} {row['ours_s']:9.2f} {orig:>13s} {sp:>7s}")
+    print(f"peak resident memory: {peak_rss_gib:.1f} GiB (original's training step at B=4: 10.9 GiB)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"environment": env, "results": rows}, indent=2))
+    args.out.write_text(json.dumps({"environment": env_info, "results": rows}, indent=2))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from epigraf.runtime import tune_cpu_allocator
+
 # command name → module in epigraf.commands
 COMMANDS = {
     "train": "train",
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    tune_cpu_allocator()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as err:

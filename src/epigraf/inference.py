@@ -24,6 +24,10 @@ from epigraf.cameras import Cameras
 from epigraf.nn.generator import Generator, GeneratorOutput
 from epigraf.rays import camera_directions, pixel_grid
 
+# The original's inference defaults (SPEC §7.2), shared by `epigraf generate` and the viewer.
+DEFAULT_TRUNCATION = 0.7
+DEFAULT_RAY_STEP_MULTIPLIER = 2
+
 
 def with_ray_steps(G: Generator, multiplier: int) -> Generator:
     """A view of ``G`` that renders with ``num_ray_steps × multiplier`` coarse (and as many fine) samples.
@@ -61,11 +65,13 @@ def render_batches(G: Generator, ws: Tensor, cameras: Cameras, resolution: int |
         idx = slice(start, min(start + batch_size, t))
         cams = take(cameras, idx).to(device)
         if shared is None:
-            planes = G.synthesize(ws[idx], noise_mode="const")
+            batch_ws = ws[idx]
+            planes = G.synthesize(batch_ws, noise_mode="const")
         else:
             # expand() is a view; the renderer copies only this batch's worth of planes.
+            batch_ws = ws.expand(cams.batch_size, -1, -1)
             planes = shared.expand(cams.batch_size, -1, -1, -1)
-        yield G.render(planes, cams, resolution=resolution, deterministic=deterministic)
+        yield G.render(planes, cams, resolution=resolution, deterministic=deterministic, ws=batch_ws)
 
 
 def render_all(G: Generator, ws: Tensor, cameras: Cameras, resolution: int | None = None,

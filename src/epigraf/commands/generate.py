@@ -18,15 +18,21 @@ from epigraf.camera_paths import points, take
 from epigraf.checkpoint import load_checkpoint
 from epigraf.config import PRESETS, preset
 from epigraf.export.images import depth_to_uint8, image_grid, save_png, to_uint8
-from epigraf.inference import concat_outputs, depth_normals, render_all, render_batches, with_ray_steps
+from epigraf.inference import (
+    DEFAULT_RAY_STEP_MULTIPLIER,
+    DEFAULT_TRUNCATION,
+    concat_outputs,
+    depth_normals,
+    render_all,
+    render_batches,
+    with_ray_steps,
+)
 from epigraf.latents import parse_seeds, seed_classes, seeds_to_ws
 from epigraf.nn.generator import Generator, GeneratorOutput
 
 log = logging.getLogger(__name__)
 
 # The original's inference scripts render with twice the training ray steps (SPEC §7.2).
-DEFAULT_RAY_STEP_MULTIPLIER = 2
-DEFAULT_TRUNCATION = 0.7
 GRID_YAWS = (-0.3, 0.0, 0.3)
 
 

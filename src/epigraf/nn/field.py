@@ -23,11 +23,8 @@ def split_planes(planes: Tensor, channels: int) -> Tensor:
     return planes[:, : 3 * channels].reshape(b, 3, channels, h, w)
 
 
-def query_triplanes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
-    """Bilinear tri-plane features per plane.
-
-    planes [B, 3, F, R, R], points [B, P, 3] in world units → [B, 3, P, F].
-    """
+def _sample_planes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
+    """planes [B, 3, F, R, R], points [B, P, 3] → bilinear samples [B, 3, F, P]."""
     b, _, f, h, w = planes.shape
     coords = points / cube_scale
     grid = torch.stack([coords[..., list(axes)] for axes in PLANE_AXES], dim=1)  # [B, 3, P, 2]
@@ -38,7 +35,23 @@ def query_triplanes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor
         padding_mode="zeros",
         align_corners=True,
     )  # [B*3, F, 1, P]
-    return sampled.reshape(b, 3, f, -1).transpose(2, 3)
+    return sampled.reshape(b, 3, f, -1)
+
+
+def query_triplanes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
+    """Bilinear tri-plane features per plane.
+
+    planes [B, 3, F, R, R], points [B, P, 3] in world units → [B, 3, P, F].
+    """
+    return _sample_planes(planes, points, cube_scale).transpose(2, 3)
+
+
+def mean_triplane_features(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
+    """The field's input: the mean of the three planes' features. planes [B, 3, F, R, R], points [B, P, 3] → [B, P, F].
+
+    Averaging while the feature axis is still outer keeps the reduction over contiguous memory.
+    """
+    return _sample_planes(planes, points, cube_scale).mean(dim=1).transpose(1, 2)
 
 
 class TriPlaneMLP(nn.Module):
@@ -69,4 +82,4 @@ class TriPlaneField(nn.Module):
 
     def forward(self, planes: Tensor, points: Tensor) -> Tensor:
         """planes [B, 3, F, R, R], points [B, P, 3] (world units) → [B, P, 4] = (r, g, b, raw density)."""
-        return self.mlp(query_triplanes(planes, points, self.cube_scale).mean(dim=1))
+        return self.mlp(mean_triplane_features(planes, points, self.cube_scale))

@@ -65,12 +65,12 @@ class PatchGANLoss:
         self.blur_init_sigma, self.blur_fade_kimg = blur_init_sigma, blur_fade_kimg
         self.gpc_spoof_final, self.gpc_spoof_kimg = gpc_spoof_final, gpc_spoof_kimg
 
-    def _patch_params(self, batch_size: int, kimg: float, device: torch.device) -> PatchParams:
+    def draw_patch_params(self, batch_size: int, kimg: float, device: torch.device) -> PatchParams:
         return sample_patch_params(batch_size, self.cfg.patch, kimg, device=device)
 
     def generate(self, x: PhaseInputs, kimg: float, update_emas: bool = False) -> tuple[Tensor, PatchParams]:
         """Fake patches [b, 3, r, r] with their patch parameters."""
-        pp = self._patch_params(x.z.shape[0], kimg, x.z.device)
+        pp = self.draw_patch_params(x.z.shape[0], kimg, x.z.device)
         cond = None
         if self.G.cfg.camera_cond:
             spoof = gpc_spoof_prob(kimg, self.gpc_spoof_final, self.gpc_spoof_kimg)
@@ -94,7 +94,7 @@ class PatchGANLoss:
                       camera_angles=angles if self.D.cfg.camera_cond else None)
 
     def real_patches(self, x: PhaseInputs, kimg: float) -> tuple[Tensor, PatchParams]:
-        pp = self._patch_params(x.real.shape[0], kimg, x.real.device)
+        pp = self.draw_patch_params(x.real.shape[0], kimg, x.real.device)
         return extract_patches(x.real, pp, self.cfg.patch.resolution), pp
 
     def generator_loss(self, x: PhaseInputs, kimg: float) -> tuple[Tensor, dict[str, float]]:

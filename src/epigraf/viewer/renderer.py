@@ -40,12 +40,11 @@ from PIL import Image
 from torch import Tensor
 
 from epigraf.camera_paths import points
-from epigraf.commands.generate import DEFAULT_RAY_STEP_MULTIPLIER, DEFAULT_TRUNCATION
 from epigraf.config import CameraConfig
 from epigraf.export.images import depth_to_uint8, to_uint8
 from epigraf.export.mesh import MESH_FORMATS, save_mesh
 from epigraf.geometry import extract_geometry
-from epigraf.inference import depth_normals, with_ray_steps
+from epigraf.inference import DEFAULT_RAY_STEP_MULTIPLIER, DEFAULT_TRUNCATION, depth_normals, with_ray_steps
 from epigraf.latents import seeds_to_ws
 from epigraf.nn.generator import Generator
 from epigraf.viewer.params import (

@@ -1,0 +1,47 @@
+"""Process-level settings that matter for speed on CPUs.
+
+PyTorch's CPU tensors come from glibc malloc, which serves every large block with a fresh ``mmap`` and
+returns it with ``munmap`` on free. A training step allocates and frees gigabytes of activations, so each
+step re-faults every page it touches: on a 2-core machine about a third of the step went to the kernel
+(ffhq256, batch 4: 23 s of system time in a 51 s generator step, 9.3 M page faults). Keeping freed
+memory in the heap for reuse removes that (system time 0.6 s, step 39 s) at the price of a higher peak
+resident size (8.1 → 10.4 GiB there).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+OPT_OUT_ENV = "EPIGRAF_NO_MALLOC_TUNING"
+_tuned = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Make glibc keep freed memory for reuse (no mmap for large blocks, no trimming). Idempotent.
+
+    Returns whether the setting is active. A no-op off glibc/Linux or when ``EPIGRAF_NO_MALLOC_TUNING=1``.
+    """
+    global _tuned
+    if _tuned:
+        return True
+    if os.environ.get(OPT_OUT_ENV) == "1" or not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    if mallopt(_M_MMAP_MAX, 0) != 1 or mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) != 1:
+        log.debug("mallopt refused the allocator settings; continuing with the defaults")
+        return False
+    _tuned = True
+    return True
