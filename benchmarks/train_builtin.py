@@ -1,0 +1,117 @@
+"""A fixed wall-clock training of the ``builtin`` preset on the built-in dataset, with KID before and after.
+
+    python benchmarks/train_builtin.py --minutes 15 [--batch-size 16] [--reals 2000] [--fakes 1000]
+                                       [--out benchmarks/results/train_builtin.json]
+
+Trains with ``epigraf train`` in a subprocess, stops it with SIGTERM after ``--minutes`` (the trainer writes
+a snapshot and exits 0), reads img/s from ``stats.jsonl`` and computes KID (Inception-v3 features, dataset
+cameras, ψ = 1) of a freshly initialised generator and of the final G_ema against a fixed random subset of
+the built-in images. The subset and the fake counts are smaller than the kid50k_full protocol so the whole
+measurement fits a CPU; the protocol string says so. Needs the Inception weights (see README, Metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from epigraf.checkpoint import load_checkpoint
+from epigraf.config import preset
+from epigraf.data.builtin import build_builtin_dataset
+from epigraf.data.dataset import ImageDataset
+from epigraf.metrics import InceptionFeatures, compute_metric
+from epigraf.metrics.fid import RealStatistics, real_statistics
+from epigraf.nn.generator import Generator
+from epigraf.train.snapshot import latest_snapshot
+
+
+class SubsetDataset:
+    """The first-class view of ``ImageDataset`` that the metrics need, restricted to fixed indices."""
+
+    def __init__(self, dataset: ImageDataset, indices: np.ndarray) -> None:
+        self.dataset, self.indices = dataset, indices
+        self.resolution, self.has_cameras = dataset.resolution, dataset.has_cameras
+        self.camera_angles = dataset.camera_angles[indices]
+        self.labels = dataset.labels[indices]
+        self.num_images = len(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[int(self.indices[i])]
+
+
+def kid(G: Generator, reals: SubsetDataset, detector: InceptionFeatures, fakes: int, stats: RealStatistics):
+    return compute_metric(G, reals, "kid50k_full", "dataset", detector, batch_size=8, num=fakes, seed=123,
+                          cache_dir=False, real_stats=stats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--reals", type=int, default=2000)
+    parser.add_argument("--fakes", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_builtin.json"))
+    args = parser.parse_args()
+
+    data_dir = build_builtin_dataset(resolution=preset("builtin").generator.image_resolution)
+    dataset = ImageDataset(data_dir)
+    reals = SubsetDataset(dataset, np.random.RandomState(0).choice(len(dataset), args.reals, replace=False))
+    detector = InceptionFeatures()
+
+    run_dir = Path(tempfile.mkdtemp(prefix="epigraf-builtin-"))
+    cmd = [sys.executable, "-m", "epigraf.cli", "train", "--run", str(run_dir), "--batch-size", str(args.batch_size),
+           "--kimg", "100000", "--snapshot-ticks", "1000", "--image-ticks", "20", "--no-progress"]
+    proc = subprocess.Popen(cmd)
+    start = time.time()
+    try:
+        proc.wait(timeout=args.minutes * 60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+    code = proc.wait()
+    wall = time.time() - start
+    if code != 0:
+        raise SystemExit(f"training exited with {code}")
+
+    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    network, _ = latest_snapshot(run_dir)
+    trained = load_checkpoint(network).G_ema
+    torch.manual_seed(0)
+    initial = Generator(trained.cfg).eval()
+    initial.mapping.mean_camera_pose.copy_(trained.mapping.mean_camera_pose)
+    real_stats = real_statistics(reals, detector, keep_features=True, cache_dir=False)
+    before = kid(initial, reals, detector, args.fakes, real_stats)
+    after = kid(trained, reals, detector, args.fakes, real_stats)
+    steady = stats[1:] or stats
+    result = {
+        "machine": _cpu(), "torch_threads": torch.get_num_threads(), "wall_minutes": wall / 60,
+        "batch_size": args.batch_size, "kimg": stats[-1]["kimg"], "ticks": len(stats),
+        "img_per_sec": float(np.median([s["img_per_sec"] for s in steady])),
+        "kid_initial": before.value, "kid_final": after.value, "protocol": after.protocol,
+        "run_dir": str(run_dir),
+    }
+    print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "cpu"
+
+
+if __name__ == "__main__":
+    main()
