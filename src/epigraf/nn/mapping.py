@@ -54,9 +54,9 @@ class MappingNetwork(nn.Module):
         for i in range(self.num_layers):
             x = getattr(self, f"fc{i}")(x)
         if update_emas and self.w_avg_beta is not None:
-            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+            self.w_avg.copy_(x.detach().float().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         return x
 
     def truncate(self, w: Tensor, psi: float) -> Tensor:
         """w ← w_avg + ψ (w − w_avg)."""
-        return w if psi == 1 else self.w_avg.lerp(w, psi)
+        return w if psi == 1 else self.w_avg.to(w.dtype).lerp(w, psi)
