@@ -75,13 +75,33 @@ def test_gradients_flow_and_r1_through_the_pipe():
     (grad,) = torch.autograd.grad((out * torch.randn_like(out)).sum(), x)
     assert grad.abs().sum() > 0 and torch.isfinite(grad).all()
 
-    # R1 penalty: ‖∇_x D(aug(x))‖² must be differentiable w.r.t. D's parameters (double backward).
-    disc = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Softplus(), nn.Flatten(), nn.LazyLinear(1))
-    logits = disc(make_pipe(1.0)(x, seeded(2)))
+    _check_r1_through_the_pipe(torch.device("cpu"))
+
+
+def _check_r1_through_the_pipe(device: torch.device) -> None:
+    """R1 penalty: ‖∇_x D(aug(x))‖² must be differentiable w.r.t. D's parameters (double backward)."""
+    x = random_images(4, size=16).to(device).requires_grad_(True)
+    disc = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Softplus(), nn.Flatten(), nn.Linear(4 * 14 * 14, 1)).to(device)
+    logits = disc(make_pipe(1.0, scale=1.0, rotate=1.0, xfrac=1.0).to(device)(x, seeded(2)))
     (grad_x,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
     grad_x.square().sum().backward()
     # Biases do not enter ∇_x D, weights do.
     assert disc[0].weight.grad.abs().sum() > 0 and disc[3].weight.grad.abs().sum() > 0
+
+
+def test_warp_is_twice_differentiable_in_the_image():
+    x = random_images(2, size=6).double().requires_grad_(True)
+    angle = torch.tensor([0.3, -1.1], dtype=torch.float64)
+    matrix = torch.zeros(2, 3, 3, dtype=torch.float64)
+    matrix[:, 0, 0], matrix[:, 0, 1], matrix[:, 0, 2] = 1.2 * angle.cos(), -angle.sin(), 0.4
+    matrix[:, 1, 0], matrix[:, 1, 1], matrix[:, 1, 2] = angle.sin(), 0.9 * angle.cos(), -0.7
+    matrix[:, 2, 2] = 1
+
+    def warp(t):
+        return warp_affine(t, matrix)
+
+    assert torch.autograd.gradcheck(warp, (x,))
+    assert torch.autograd.gradgradcheck(warp, (x,))
 
 
 def test_gradcheck_small_pipe():
@@ -276,3 +296,8 @@ def test_runs_on_cuda_with_either_generator():
     assert torch.allclose(out_cpu_draws.detach().cpu(), cpu_reference, atol=1e-4)
     out_cuda_draws.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_r1_through_the_pipe_on_cuda():
+    _check_r1_through_the_pipe(torch.device("cuda"))

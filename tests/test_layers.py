@@ -85,3 +85,17 @@ def test_fir_upsampling_equals_zero_insertion_and_filtering():
     f = fir_filter_2d() * 4
     ref = F.conv2d(F.pad(up, (2, 1, 2, 1)), f[None, None].expand(3, 1, 4, 4), groups=3)
     assert torch.allclose(upsample2d(x, fir_filter_2d()), ref, atol=1e-6)
+
+
+def test_channel_folded_fir_equals_the_depthwise_one_to_second_order():
+    """The CUDA form of the FIR filter (channels folded into the batch) against the CPU (depthwise) form."""
+    from epigraf.nn.layers import _fir
+
+    x = torch.randn(2, 5, 9, 8, dtype=torch.float64, requires_grad=True)
+    f, pad = fir_filter_2d().double(), (2, 1, 2, 1)
+    folded, depthwise = _fir(x, f, pad, 4.0, fold_channels=True), _fir(x, f, pad, 4.0, fold_channels=False)
+    assert torch.allclose(folded, depthwise, rtol=0, atol=1e-12)
+    g = torch.randn_like(folded, requires_grad=True)
+    (gf,), (gd,) = (torch.autograd.grad(y, x, g, create_graph=True) for y in (folded, depthwise))
+    assert torch.allclose(gf, gd, rtol=0, atol=1e-12)
+    assert torch.autograd.gradgradcheck(lambda t: _fir(t, f, pad, 4.0, fold_channels=True), (x,))

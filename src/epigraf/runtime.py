@@ -1,4 +1,4 @@
-"""Process-level settings that matter for speed on CPUs.
+"""Process-level settings: the CPU allocator (speed) and CUDA's fp32 precision (fidelity, SPEC §1.8).
 
 PyTorch's CPU tensors come from glibc malloc, which serves every large block with a fresh ``mmap`` and
 returns it with ``munmap`` on free. A training step allocates and frees gigabytes of activations, so each
@@ -45,3 +45,15 @@ def tune_cpu_allocator() -> bool:
         return False
     _tuned = True
     return True
+
+
+def configure_cuda_for_training() -> None:
+    """The original's CUDA settings (SPEC §1.8): true fp32 (no TF32) and cuDNN autotuning.
+
+    TF32 rounds matmul/conv inputs to 10 mantissa bits; the paper's numbers were trained without it. The
+    autotuner pays once per input shape, and training repeats the same shapes every step.
+    """
+    import torch  # here, not at the top: the CLI imports this module before it knows it needs torch
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True

@@ -8,7 +8,6 @@ P0 ← (x, y), P1 ← (x, z), P2 ← (y, z) (first coordinate = plane column); t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from epigraf.nn.layers import FullyConnected
@@ -34,12 +33,10 @@ def _sample_planes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
     b, _, f, h, w = planes.shape
     coords = points / cube_scale
     grid = torch.stack([coords[..., list(axes)] for axes in PLANE_AXES], dim=1)  # [B, 3, P, 2]
-    sampled = F.grid_sample(
-        planes.reshape(b * 3, f, h, w),
-        grid.reshape(b * 3, 1, -1, 2),
-        mode="bilinear",
-        padding_mode="zeros",
-        align_corners=True,
+    # grid_sampler_2d is F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=True) minus the
+    # dispatch to cuDNN's sampler, which rejects feature-last planes and grids of millions of points.
+    sampled = torch.grid_sampler_2d(
+        planes.reshape(b * 3, f, h, w), grid.reshape(b * 3, 1, -1, 2), 0, 0, True
     )  # [B*3, F, 1, P]
     return sampled.reshape(b, 3, f, -1)
 

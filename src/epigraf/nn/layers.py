@@ -37,13 +37,23 @@ def fir_filter_2d(taps: tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)) -> Tensor:
     return f / f.sum()
 
 
-def _fir(x: Tensor, f: Tensor, pad: tuple[int, int, int, int], gain: float) -> Tensor:
-    """Depthwise convolution of x [B, C, H, W] with the 2D filter f after zero padding (l, r, t, b)."""
-    c = x.shape[1]
-    x = F.pad(x, pad)
+def _fir(x: Tensor, f: Tensor, pad: tuple[int, int, int, int], gain: float,
+         fold_channels: bool | None = None) -> Tensor:
+    """Depthwise convolution of x [B, C, H, W] with the 2D filter f after zero padding (l, r, t, b).
+
+    ``fold_channels`` (default: on CUDA) computes it as a one-channel convolution of [B·C, 1, H, W].
+    """
+    b, c, h, w = x.shape
     # The filter is symmetric, so correlation and convolution agree.
-    weight = (f * gain).to(x.dtype)[None, None].expand(c, 1, *f.shape)
-    return F.conv2d(x, weight, groups=c)
+    weight = (f * gain).to(x.dtype)[None, None]
+    if x.is_cuda if fold_channels is None else fold_channels:
+        # Channels folded into the batch: one one-channel convolution with the same sums as the depthwise
+        # one below. Autograd's double backward (R1) of a grouped convolution runs one convolution per
+        # group: ~3,600 small kernels per ffhq256 R1 step, 0.55 s of its 0.6 s on an H200.
+        x = F.conv2d(F.pad(x.reshape(b * c, 1, h, w), pad), weight)
+        return x.reshape(b, c, *x.shape[-2:])
+    # On CPUs the depthwise form is ~10% faster in D's backward and R1, and the per-group loop costs little.
+    return F.conv2d(F.pad(x, pad), weight.expand(c, 1, *f.shape), groups=c)
 
 
 def upsample2d(x: Tensor, f: Tensor) -> Tensor:

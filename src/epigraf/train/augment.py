@@ -48,7 +48,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Half-band filter: non-zero taps at odd offsets ±1, ±3, …, ±(2·_HALFBAND_TAPS − 1) of the 2× grid.
@@ -112,6 +111,44 @@ def _downsample_matrix(n: int) -> Tensor:
     return torch.from_numpy(dense).float()
 
 
+_BILINEAR, _REFLECTION = 0, 2  # aten's enums for grid_sample's mode and padding_mode
+
+
+class _ReflectSample(torch.autograd.Function):
+    """Bilinear ``grid_sample`` (reflection padding, align_corners) whose image gradient is differentiable again.
+
+    R1 differentiates D's input gradient, which runs back through this resampling; PyTorch's own
+    ``grid_sampler_2d_backward`` has no derivative. For a fixed grid the sampling is linear in the image, so
+    its backward is the transposed sampling (:class:`_ReflectSampleTranspose`), whose backward is the sampling
+    again. The grid gets no gradient: augmentation grids are drawn, not learnt.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, images: Tensor, grid: Tensor) -> Tensor:
+        ctx.save_for_backward(images, grid)
+        return torch.grid_sampler_2d(images, grid, _BILINEAR, _REFLECTION, True)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        images, grid = ctx.saved_tensors
+        return _ReflectSampleTranspose.apply(grad, images, grid), None
+
+
+class _ReflectSampleTranspose(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, grad: Tensor, images: Tensor, grid: Tensor) -> Tensor:
+        ctx.save_for_backward(grid)
+        # ``images`` only supplies the input's shape to aten: bilinear weights do not depend on its values.
+        grad_images, _ = torch.ops.aten.grid_sampler_2d_backward(
+            grad, images, grid, _BILINEAR, _REFLECTION, True, [True, False])
+        return grad_images
+
+    @staticmethod
+    def backward(ctx: Any, grad_grad: Tensor) -> tuple[Tensor, None, None]:
+        (grid,) = ctx.saved_tensors
+        return _ReflectSample.apply(grad_grad, grid), None, None
+
+
 def warp_affine(images: Tensor, matrix: Tensor) -> Tensor:
     """Resample images under per-sample affine maps with mirror padding and antialiasing.
 
@@ -143,7 +180,7 @@ def warp_affine(images: Tensor, matrix: Tensor) -> Tensor:
     source = torch.einsum("bij,yxj->byxi", matrix.to(device, torch.float32)[:, :2], points)
     # Centred source coordinate s is pixel index s + (n−1)/2, i.e. align_corners=True coordinate 2s/(n−1).
     grid = source * torch.tensor([2 / (w - 1), 2 / (h - 1)], device=device)
-    sampled = F.grid_sample(up, grid.to(dtype), mode="bilinear", padding_mode="reflection", align_corners=True)
+    sampled = _ReflectSample.apply(up, grid.to(dtype))
 
     return _downsample_matrix(h).to(device, dtype) @ sampled @ _downsample_matrix(w).to(device, dtype).T
 
