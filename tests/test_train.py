@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from epigraf.checkpoint import load_checkpoint
 from epigraf.train.loop import optimizer_step, train
 from epigraf.train.options import TrainOptions
 from epigraf.train.snapshot import latest_snapshot, resolve_resume
@@ -180,6 +181,7 @@ def test_a_non_finite_step_is_skipped_and_never_applied():
     ({"preset": "ffhq1024"}, "unknown preset 'ffhq1024'"),
     ({"augment": "diffaug"}, "--augment must be 'ada' or 'none'"),
     ({"kimg": 0}, "--kimg must be positive"),
+    ({"resolution": -64}, "--resolution must be positive"),
     ({"resume": "latest", "transfer": "x.safetensors"}, "are exclusive"),
 ])
 def test_bad_options_are_rejected(kw, message):
@@ -198,6 +200,18 @@ def test_dataset_of_the_wrong_resolution_is_refused(tmp_path):
     make_dataset(tmp_path / "data", res=16)
     with pytest.raises(ValueError, match=r"dataset images are 16² but the model \('tiny'\) trains at 32²"):
         train(options(tmp_path), tiny_model_config())
+
+
+def test_resolution_option_trains_the_preset_at_another_image_size(tmp_path):
+    make_dataset(tmp_path / "data", res=64)
+    result = train(options(tmp_path, resolution=64, kimg=0.004, augment="none"), tiny_model_config())
+    cfg = load_checkpoint(latest_snapshot(result.run_dir)[0]).config
+    assert cfg.generator.image_resolution == cfg.discriminator.image_resolution == cfg.patch.image_resolution == 64
+    assert cfg.patch.min_scale == cfg.patch.resolution / 64
+    native = tiny_model_config().discriminator
+    assert cfg.discriminator.num_additional_start_blocks == native.num_additional_start_blocks + 1
+    with pytest.raises(ValueError, match="image resolution must be a power of two ≥ the 16² patches, got 48"):
+        train(options(tmp_path, resolution=48), tiny_model_config())
 
 
 def test_cli_train_runs_and_reports_errors(tmp_path, dataset, capsys):

@@ -178,6 +178,19 @@ class ModelConfig:
     patch: PatchConfig = field(default_factory=PatchConfig)
     r1_gamma: float = 0.1
 
+    def with_image_resolution(self, resolution: int) -> ModelConfig:
+        """The same networks for ``resolution``² images: patches keep their size, so the smallest patch
+        scale becomes patch / image resolution and D gains or loses stride-1 start blocks (SPEC §4)."""
+        patch = self.patch.resolution
+        if resolution < patch or resolution & (resolution - 1):
+            raise ValueError(f"image resolution must be a power of two ≥ the {patch}² patches, got {resolution}")
+        return dataclasses.replace(
+            self,
+            generator=dataclasses.replace(self.generator, image_resolution=resolution),
+            discriminator=dataclasses.replace(self.discriminator, image_resolution=resolution),
+            patch=dataclasses.replace(self.patch, image_resolution=resolution, min_scale=None),
+        )
+
 
 T = TypeVar("T")
 

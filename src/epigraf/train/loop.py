@@ -32,6 +32,7 @@ from epigraf.metrics import FeatureExtractor, InceptionFeatures, MetricResult, T
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
 from epigraf.nn.state import load_state_strict
+from epigraf.runtime import configure_cuda_for_training
 from epigraf.schedules import adam_settings_for_lazy_reg, blur_sigma, ema_beta, nerf_noise_std, patch_beta
 from epigraf.train import distributed
 from epigraf.train.augment import AdaptiveP, AugmentPipe
@@ -214,13 +215,18 @@ def train(opts: TrainOptions, model: ModelConfig | None = None) -> TrainResult:
     """
     env = distributed.setup(opts.device)
     try:
-        return _train(opts, model or preset(opts.preset), env)
+        base = model or preset(opts.preset)
+        if opts.resolution:
+            base = base.with_image_resolution(opts.resolution)
+        return _train(opts, base, env)
     finally:
         distributed.teardown(env)
 
 
 def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv) -> TrainResult:
     device = env.device
+    if device.type == "cuda":
+        configure_cuda_for_training()
     batch_size = opts.batch_size or (PAPER_BATCH if opts.is_paper_preset else BUILTIN_BATCH)
     if batch_size % env.world_size:
         raise ValueError(f"batch size {batch_size} is not divisible by the {env.world_size} processes")
