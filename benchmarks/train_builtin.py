@@ -1,13 +1,15 @@
 """A fixed wall-clock training of the ``builtin`` preset on the built-in dataset, with KID before and after.
 
-    python benchmarks/train_builtin.py --minutes 15 [--batch-size 16] [--reals 2000] [--fakes 1000]
+    python benchmarks/train_builtin.py --minutes 15 [--batch-size 16] [--resolution 64] [--data DIR]
+                                       [--device auto] [--reals 2000] [--fakes 1000] [--no-kid | --kid-of NETWORK]
                                        [--out benchmarks/results/train_builtin.json]
 
 Trains with ``epigraf train`` in a subprocess, stops it with SIGTERM after ``--minutes`` (the trainer writes
 a snapshot and exits 0), reads img/s from ``stats.jsonl`` and computes KID (Inception-v3 features, dataset
 cameras, ψ = 1) of a freshly initialised generator and of the final G_ema against a fixed random subset of
 the built-in images. The subset and the fake counts are smaller than the kid50k_full protocol so the whole
-measurement fits a CPU; the protocol string says so. Needs the Inception weights (see README, Metrics).
+measurement fits a CPU; the protocol string says so. Needs the Inception weights (see README, Metrics);
+``--no-kid`` trains only and ``--kid-of NETWORK`` measures a run's checkpoint later, e.g. a GPU run on a CPU machine.
 """
 
 from __future__ import annotations
@@ -56,54 +58,82 @@ def kid(G: Generator, reals: SubsetDataset, detector: InceptionFeatures, fakes: 
                           cache_dir=False, real_stats=stats)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=15.0)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--reals", type=int, default=2000)
-    parser.add_argument("--fakes", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_builtin.json"))
-    args = parser.parse_args()
-
-    data_dir = build_builtin_dataset(resolution=preset("builtin").generator.image_resolution)
-    dataset = ImageDataset(data_dir)
-    reals = SubsetDataset(dataset, np.random.RandomState(0).choice(len(dataset), args.reals, replace=False))
-    detector = InceptionFeatures()
-
-    run_dir = Path(tempfile.mkdtemp(prefix="epigraf-builtin-"))
-    cmd = [sys.executable, "-m", "epigraf.cli", "train", "--run", str(run_dir), "--batch-size", str(args.batch_size),
-           "--kimg", "100000", "--snapshot-ticks", "1000", "--image-ticks", "20", "--no-progress"]
+def train_for(minutes: float, run_dir: Path, extra: list[str]) -> float:
+    """``epigraf train`` into ``run_dir`` for ``minutes``, then SIGTERM (snapshot, exit 0); the wall time."""
+    cmd = [sys.executable, "-m", "epigraf.cli", "train", "--run", str(run_dir), "--kimg", "100000",
+           "--snapshot-ticks", "1000", "--image-ticks", "20", "--no-progress", *extra]
     proc = subprocess.Popen(cmd)
     start = time.time()
     try:
-        proc.wait(timeout=args.minutes * 60)
+        proc.wait(timeout=minutes * 60)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGTERM)
     code = proc.wait()
-    wall = time.time() - start
     if code != 0:
         raise SystemExit(f"training exited with {code}")
+    return time.time() - start
 
-    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
-    network, _ = latest_snapshot(run_dir)
+
+def measure_kid(network: Path, dataset: ImageDataset, num_reals: int, fakes: int) -> dict:
+    """KID of a freshly initialised generator (the run's seed-0 init) and of the network's G_ema."""
+    reals = SubsetDataset(dataset, np.random.RandomState(0).choice(len(dataset), num_reals, replace=False))
+    detector = InceptionFeatures()
     trained = load_checkpoint(network).G_ema
     torch.manual_seed(0)
     initial = Generator(trained.cfg).eval()
     initial.mapping.mean_camera_pose.copy_(trained.mapping.mean_camera_pose)
     real_stats = real_statistics(reals, detector, keep_features=True, cache_dir=False)
-    before = kid(initial, reals, detector, args.fakes, real_stats)
-    after = kid(trained, reals, detector, args.fakes, real_stats)
-    steady = stats[1:] or stats
-    result = {
-        "machine": _cpu(), "torch_threads": torch.get_num_threads(), "wall_minutes": wall / 60,
-        "batch_size": args.batch_size, "kimg": stats[-1]["kimg"], "ticks": len(stats),
-        "img_per_sec": float(np.median([s["img_per_sec"] for s in steady])),
-        "kid_initial": before.value, "kid_final": after.value, "protocol": after.protocol,
-        "run_dir": str(run_dir),
-    }
+    before = kid(initial, reals, detector, fakes, real_stats)
+    after = kid(trained, reals, detector, fakes, real_stats)
+    return {"kid_initial": before.value, "kid_final": after.value, "protocol": after.protocol}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--resolution", type=int, default=0, help="image resolution (0: the builtin preset's)")
+    parser.add_argument("--data", type=Path, help="dataset folder (default: the built-in dataset at --resolution)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--run", type=Path, help="run folder (default: a new temporary one)")
+    parser.add_argument("--no-kid", action="store_true", help="train only (e.g. where no Inception weights are)")
+    parser.add_argument("--kid-of", type=Path, help="skip training: KID of this network checkpoint (updates --out)")
+    parser.add_argument("--reals", type=int, default=2000)
+    parser.add_argument("--fakes", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_builtin.json"))
+    args, passthrough = parser.parse_known_args()  # anything else goes to `epigraf train` (e.g. --workers 8)
+
+    cfg = preset("builtin")
+    resolution = args.resolution or cfg.generator.image_resolution
+    data_dir = args.data or build_builtin_dataset(resolution=resolution)
+    dataset = ImageDataset(data_dir)
+    if args.kid_of is not None:
+        result = json.loads(args.out.read_text()) if args.out.exists() else {}
+        result.update(measure_kid(args.kid_of, dataset, args.reals, args.fakes))
+    else:
+        run_dir = args.run or Path(tempfile.mkdtemp(prefix="epigraf-builtin-"))
+        extra = ["--batch-size", str(args.batch_size), "--resolution", str(resolution), "--data", str(data_dir),
+                 "--device", args.device, *passthrough]
+        wall = train_for(args.minutes, run_dir, extra)
+        stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+        steady = stats[1:] or stats
+        result = {
+            "machine": _machine(args.device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "resolution": resolution, "images": len(dataset), "wall_minutes": wall / 60,
+            "batch_size": args.batch_size, "kimg": stats[-1]["kimg"], "ticks": len(stats),
+            "img_per_sec": float(np.median([s["img_per_sec"] for s in steady])), "run_dir": str(run_dir),
+        }
+        if not args.no_kid:
+            result.update(measure_kid(latest_snapshot(run_dir)[0], dataset, args.reals, args.fakes))
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
+
+
+def _machine(device: str) -> str:
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return _cpu()
 
 
 def _cpu() -> str:
