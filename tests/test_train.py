@@ -127,18 +127,24 @@ def test_sigkill_then_resume_loses_at_most_one_snapshot_interval(tmp_path, datas
     assert min(k for k in kimgs if k * 1000 > killed_at) * 1000 == killed_at + 4  # resumed right after the snapshot
 
 
-def test_sigterm_writes_a_snapshot_and_exits_cleanly(tmp_path, dataset):
+@pytest.mark.parametrize("workers, whole_group", [(0, False), (2, True)], ids=["process", "process-group"])
+def test_sigterm_writes_a_snapshot_and_exits_cleanly(tmp_path, dataset, workers, whole_group):
+    """Also when the signal reaches the whole process group (Ctrl-C, `timeout`, schedulers), data workers included."""
     script = _script(tmp_path, f"""
         opts = TrainOptions(data={str(dataset)!r}, run={str(tmp_path / 'run')!r}, batch_size=4, tick_kimg=0.004,
-                            kimg=1000.0, workers=0, snapshot_ticks=1000, image_ticks=0, progress=False)
+                            kimg=1000.0, workers={workers}, snapshot_ticks=1000, image_ticks=0, progress=False)
         train(opts, tiny_model_config())
         """)
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=whole_group)
     run = tmp_path / "run"
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "stats.jsonl").is_file():
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    if whole_group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
     assert latest_snapshot(run) is not None
 

@@ -124,10 +124,19 @@ class RealBatches(torch.utils.data.Sampler):
             step += 1
 
 
+def leave_stop_signals_to_the_trainer(_: int) -> None:
+    """DataLoader workers ignore SIGTERM and SIGINT. Ctrl-C, `timeout` and job schedulers signal the whole
+    process group; a worker killed by it makes the trainer raise mid-step instead of writing its snapshot.
+    The trainer stops its workers itself when it exits."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def real_batch_iterator(dataset: ImageDataset, batch: int, opts: TrainOptions, rank: int, start_step: int):
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=RealBatches(len(dataset), batch, opts.seed, rank, start_step),
         num_workers=opts.workers, pin_memory=torch.cuda.is_available(), persistent_workers=opts.workers > 0,
+        worker_init_fn=leave_stop_signals_to_the_trainer,
     )
     return iter(loader)
 
