@@ -8,7 +8,7 @@
 # DATA_128: the built-in dataset rendered at 128² (or a subset of it); FIXTURES: ../shared/fixtures/original.
 # BUDGET_S: wall-clock seconds for the whole script; the training is shortened to end inside it.
 set -u
-out=${1:?usage: gpu_checks.sh OUT_DIR DATA_128 [TRAIN_MINUTES] [FIXTURES]}
+out=${1:?usage: gpu_checks.sh OUT_DIR DATA_128 [TRAIN_MINUTES] [FIXTURES] [BUDGET_S]}
 data=${2:?the 128² dataset folder}
 minutes=${3:-4}
 export EPIGRAF_FIXTURES=${4:-${EPIGRAF_FIXTURES:-../shared/fixtures/original}}
@@ -19,9 +19,8 @@ run=$(mktemp -d)
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
-    tests/test_augment.py::test_runs_on_cuda_with_either_generator \
-    tests/test_discriminator.py::test_reduced_precision_on_cuda_is_close 2>&1 | tail -15
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_augment.py \
+    tests/test_discriminator.py -k "cuda or twice" 2>&1 | tail -15
 } 2>&1 | tee "$out/cuda_tests.txt"
 
 for b in 4 32; do
