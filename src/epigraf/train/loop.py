@@ -227,12 +227,16 @@ def train(opts: TrainOptions, model: ModelConfig | None = None) -> TrainResult:
         base = model or preset(opts.preset)
         if opts.resolution:
             base = base.with_image_resolution(opts.resolution)
-        return _train(opts, base, env)
+        # From the start, not only around the loop: a stop signal during set-up also ends in a snapshot
+        # (after the first step) rather than killing the process.
+        with InterruptFlag() as interrupt:
+            return _train(opts, base, env, interrupt)
     finally:
         distributed.teardown(env)
 
 
-def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv) -> TrainResult:
+def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, interrupt: InterruptFlag
+           ) -> TrainResult:
     device = env.device
     if device.type == "cuda":
         configure_cuda_for_training()
@@ -301,82 +305,81 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv) -> T
 
     tick_start_nimg, tick_start_time = cur_nimg, time.time()
     stats: dict[str, list[float]] = defaultdict(list)
-    with InterruptFlag() as interrupt:
-        while True:
-            kimg = cur_nimg / 1000
-            torch.manual_seed(step_seed(opts.seed, env.rank, step))
-            images, real_angles, real_c = next(reals)
-            z = torch.randn(batch_gpu, cfg.generator.z_dim, device=device)
-            fake_c, fake_angles = fake_conditioning(dataset, cfg, batch_gpu, device)
-            x = PhaseInputs(
-                real=images.to(device).float() / 127.5 - 1, real_c=real_c.to(device)[:, : cfg.generator.c_dim],
-                real_angles=real_angles.to(device), z=z, fake_c=fake_c, fake_angles=fake_angles,
-            )
+    while True:
+        kimg = cur_nimg / 1000
+        torch.manual_seed(step_seed(opts.seed, env.rank, step))
+        images, real_angles, real_c = next(reals)
+        z = torch.randn(batch_gpu, cfg.generator.z_dim, device=device)
+        fake_c, fake_angles = fake_conditioning(dataset, cfg, batch_gpu, device)
+        x = PhaseInputs(
+            real=images.to(device).float() / 127.5 - 1, real_c=real_c.to(device)[:, : cfg.generator.c_dim],
+            real_angles=real_angles.to(device), z=z, fake_c=fake_c, fake_angles=fake_angles,
+        )
 
-            G.requires_grad_(True)
-            D.requires_grad_(False)
+        G.requires_grad_(True)
+        D.requires_grad_(False)
+        with autocast:
+            g_loss, g_stats = loss.generator_loss(x, kimg)
+        ok = optimizer_step(G_opt, g_params, g_loss, env)
+
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        with autocast:
+            d_loss, real_logits, d_stats = loss.discriminator_loss(x, kimg)
+        ok &= optimizer_step(D_opt, d_params, d_loss, env)
+        if step % opts.r1_interval == 0:
             with autocast:
-                g_loss, g_stats = loss.generator_loss(x, kimg)
-            ok = optimizer_step(G_opt, g_params, g_loss, env)
+                r1_loss, r1_stats = loss.r1_loss(x, kimg, opts.r1_interval)
+            ok &= optimizer_step(D_opt, d_params, r1_loss, env)
+            d_stats.update(r1_stats)
+        if env.enabled:
+            G.mapping.w_avg.copy_(distributed.all_reduce_mean(G.mapping.w_avg, env))
 
-            G.requires_grad_(False)
-            D.requires_grad_(True)
-            with autocast:
-                d_loss, real_logits, d_stats = loss.discriminator_loss(x, kimg)
-            ok &= optimizer_step(D_opt, d_params, d_loss, env)
-            if step % opts.r1_interval == 0:
-                with autocast:
-                    r1_loss, r1_stats = loss.r1_loss(x, kimg, opts.r1_interval)
-                ok &= optimizer_step(D_opt, d_params, r1_loss, env)
-                d_stats.update(r1_stats)
-            if env.enabled:
-                G.mapping.w_avg.copy_(distributed.all_reduce_mean(G.mapping.w_avg, env))
+        cur_nimg += batch_size
+        step += 1
+        skipped += not ok
+        update_ema(G_ema, G, ema_beta(batch_size, cur_nimg, ema_kimg, opts.ema_rampup))
+        if ada is not None:
+            ada.observe(distributed.all_gather_cat(real_logits, env))
+            augment.p.fill_(ada.step(float(augment.p)))
+        for k, v in {**g_stats, **d_stats}.items():
+            stats[k].append(v)
 
-            cur_nimg += batch_size
-            step += 1
-            skipped += not ok
-            update_ema(G_ema, G, ema_beta(batch_size, cur_nimg, ema_kimg, opts.ema_rampup))
-            if ada is not None:
-                ada.observe(distributed.all_gather_cat(real_logits, env))
-                augment.p.fill_(ada.step(float(augment.p)))
-            for k, v in {**g_stats, **d_stats}.items():
-                stats[k].append(v)
+        done = cur_nimg >= opts.kimg * 1000
+        tick_done = cur_nimg >= tick_start_nimg + tick_kimg * 1000
+        if logger is not None:
+            logger.progress(cur_nimg, {k: v[-1] for k, v in stats.items()},
+                            augment_p=float(augment.p) if augment is not None else 0.0)
+        if not (tick_done or done or interrupt.signal is not None):
+            continue
 
-            done = cur_nimg >= opts.kimg * 1000
-            tick_done = cur_nimg >= tick_start_nimg + tick_kimg * 1000
-            if logger is not None:
-                logger.progress(cur_nimg, {k: v[-1] for k, v in stats.items()},
-                                augment_p=float(augment.p) if augment is not None else 0.0)
-            if not (tick_done or done or interrupt.signal is not None):
-                continue
-
-            cur_tick += 1
-            elapsed = time.time() - tick_start_time
-            if logger is not None:
-                logger.tick(cur_tick, cur_nimg, step, elapsed, cur_nimg - tick_start_nimg, stats, {
-                    "schedule/beta": patch_beta(cur_nimg / 1000, cfg.patch),
-                    "schedule/nerf_noise_std": nerf_noise_std(cur_nimg / 1000, cfg.generator.nerf_noise_std_init,
-                                                              cfg.generator.nerf_noise_kimg_growth),
-                    "schedule/blur_sigma": blur_sigma(cur_nimg / 1000, opts.blur_init_sigma, opts.blur_fade_kimg),
-                    "augment/p": float(augment.p) if augment is not None else 0.0,
-                    "progress/skipped_steps": skipped,
-                })
-                if opts.image_ticks and cur_tick % opts.image_ticks == 0 or done:
-                    logger.save_fakes(G_ema, dataset, cfg, cur_nimg)
-                if fid_detector is not None and cur_tick % opts.metrics_ticks == 0:
-                    logger.metric(compute_metric(G_ema, dataset, "fid2k_full", "dataset", fid_detector,
-                                                 device=device, num=opts.metrics_fakes), cur_nimg)
-            distributed.barrier(env)  # rank 0 may have spent a while on images or metrics
-            stats.clear()
-            if cur_tick % opts.snapshot_ticks == 0 or done or interrupt.signal is not None:
-                if env.is_main:
-                    save_snapshot(run_dir, cfg, G, G_ema, D, G_opt, D_opt, augment, ada,
-                                  step=step, cur_nimg=cur_nimg, cur_tick=cur_tick, skipped=skipped, opts=opts)
-            if done or interrupt.signal is not None:
-                if interrupt.signal is not None and logger is not None:
-                    log.info("received signal %d: snapshot written, exiting", interrupt.signal)
-                break
-            tick_start_nimg, tick_start_time = cur_nimg, time.time()
+        cur_tick += 1
+        elapsed = time.time() - tick_start_time
+        if logger is not None:
+            logger.tick(cur_tick, cur_nimg, step, elapsed, cur_nimg - tick_start_nimg, stats, {
+                "schedule/beta": patch_beta(cur_nimg / 1000, cfg.patch),
+                "schedule/nerf_noise_std": nerf_noise_std(cur_nimg / 1000, cfg.generator.nerf_noise_std_init,
+                                                          cfg.generator.nerf_noise_kimg_growth),
+                "schedule/blur_sigma": blur_sigma(cur_nimg / 1000, opts.blur_init_sigma, opts.blur_fade_kimg),
+                "augment/p": float(augment.p) if augment is not None else 0.0,
+                "progress/skipped_steps": skipped,
+            })
+            if opts.image_ticks and cur_tick % opts.image_ticks == 0 or done:
+                logger.save_fakes(G_ema, dataset, cfg, cur_nimg)
+            if fid_detector is not None and cur_tick % opts.metrics_ticks == 0:
+                logger.metric(compute_metric(G_ema, dataset, "fid2k_full", "dataset", fid_detector,
+                                             device=device, num=opts.metrics_fakes), cur_nimg)
+        distributed.barrier(env)  # rank 0 may have spent a while on images or metrics
+        stats.clear()
+        if cur_tick % opts.snapshot_ticks == 0 or done or interrupt.signal is not None:
+            if env.is_main:
+                save_snapshot(run_dir, cfg, G, G_ema, D, G_opt, D_opt, augment, ada,
+                              step=step, cur_nimg=cur_nimg, cur_tick=cur_tick, skipped=skipped, opts=opts)
+        if done or interrupt.signal is not None:
+            if interrupt.signal is not None and logger is not None:
+                log.info("received signal %d: snapshot written, exiting", interrupt.signal)
+            break
+        tick_start_nimg, tick_start_time = cur_nimg, time.time()
     if logger is not None:
         logger.close()
     return TrainResult(run_dir, G, G_ema, D, cur_nimg, skipped)
