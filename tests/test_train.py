@@ -21,7 +21,7 @@ from PIL import Image
 from epigraf.checkpoint import load_checkpoint
 from epigraf.train.loop import optimizer_step, train
 from epigraf.train.options import TrainOptions
-from epigraf.train.snapshot import latest_snapshot, resolve_resume
+from epigraf.train.snapshot import latest_snapshot, load_state, resolve_resume
 from test_checkpoint import tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +80,16 @@ def test_snapshot_files_and_run_folder(tmp_path, dataset):
     assert json.loads((result.run_dir / "config.json").read_text())["name"] == "tiny"
 
 
+def test_resume_removes_writes_a_kill_cut_short(tmp_path, dataset):
+    first = train(options(tmp_path, kimg=0.008), tiny_model_config())
+    torn = [first.run_dir / "training-state-0000000012.pt.tmp", first.run_dir / "network-0000000012.safetensors.tmp"]
+    for path in torn:
+        path.write_bytes(b"cut short")
+    assert latest_snapshot(first.run_dir)[0].name == "network-0000000008.safetensors"
+    resumed = train(options(tmp_path, run=str(first.run_dir), kimg=0.012, resume="latest"), tiny_model_config())
+    assert resumed.cur_nimg == 12 and not any(path.exists() for path in torn)
+
+
 def test_transfer_loads_weights_but_restarts_counters(tmp_path, dataset):
     first = train(options(tmp_path, kimg=0.008), tiny_model_config())
     network, _ = latest_snapshot(first.run_dir)
@@ -117,10 +127,12 @@ def test_sigkill_then_resume_loses_at_most_one_snapshot_interval(tmp_path, datas
     network, state = latest_snapshot(run)
     killed_at = int(state.name.split("-")[-1].split(".")[0])
     assert killed_at >= 8
-    assert not list(run.glob("*.tmp"))  # atomic writes leave no torn files behind
+    for complete in run.glob("training-state-*.pt"):  # atomic writes: a kill mid-write leaves only a *.tmp
+        load_state(complete)
     done = subprocess.run([sys.executable, str(script), str((killed_at + 8) / 1000), "latest"], capture_output=True,
                           timeout=180)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert not list(run.glob("*.tmp"))  # resuming removes what a write cut short left
     stats = read_stats(run)
     kimgs = [s["kimg"] for s in stats]
     assert kimgs[-1] == pytest.approx((killed_at + 8) / 1000)

@@ -38,7 +38,14 @@ from epigraf.train import distributed
 from epigraf.train.augment import AdaptiveP, AugmentPipe
 from epigraf.train.loss import PatchGANLoss, PhaseInputs
 from epigraf.train.options import TrainOptions
-from epigraf.train.snapshot import load_state, network_path, resolve_resume, save_state, state_path
+from epigraf.train.snapshot import (
+    load_state,
+    network_path,
+    remove_unfinished_writes,
+    resolve_resume,
+    save_state,
+    state_path,
+)
 from epigraf.train.visualize import render_fake_grid, save_camera_path_video, save_image_grid
 
 log = logging.getLogger(__name__)
@@ -279,6 +286,9 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
             augment.p.fill_(state["augment_p"])
             ada.load_state_dict(state["ada"])
         run_dir = network.parent
+        if env.is_main:
+            for path in remove_unfinished_writes(run_dir):
+                log.info("removed %s, an unfinished write of the run that was stopped", path.name)
     elif opts.transfer is not None:
         ckpt = load_checkpoint(opts.transfer)
         for ours, theirs, name in ((G, ckpt.G or ckpt.G_ema, "G"), (G_ema, ckpt.G_ema, "G_ema"), (D, ckpt.D, "D")):

@@ -2,7 +2,8 @@
 
 A snapshot at ``cur_nimg`` images is the pair ``network-<nimg>.safetensors`` and
 ``training-state-<nimg>.pt``; the state file is written last, so a pair is complete iff the state file
-exists. Both writes are atomic (temporary file, then rename), so a killed run never leaves a torn file.
+exists. Both writes are atomic (temporary file, then rename), so a killed run never leaves a torn file; it
+may leave a ``*.tmp`` file of an unfinished write, which resuming removes.
 The state file holds only tensors, numbers, strings and containers and is read with ``weights_only=True``.
 """
 
@@ -32,6 +33,14 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def remove_unfinished_writes(run_dir: Path) -> list[Path]:
+    """Delete the ``*.tmp`` files a killed run left (each as large as a snapshot); returns what it removed."""
+    removed = [p for p in run_dir.glob("*.tmp") if p.is_file()]
+    for path in removed:
+        path.unlink()
+    return removed
 
 
 def load_state(path: Path) -> dict[str, Any]:
