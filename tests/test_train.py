@@ -90,6 +90,27 @@ def test_resume_removes_writes_a_kill_cut_short(tmp_path, dataset):
     assert resumed.cur_nimg == 12 and not any(path.exists() for path in torn)
 
 
+def test_resuming_an_earlier_snapshot_drops_the_logs_after_it(tmp_path, dataset):
+    first = train(options(tmp_path), tiny_model_config())
+    assert [s["kimg"] for s in read_stats(first.run_dir)] == [0.008, 0.016]
+    metric_log = first.run_dir / "metric-kid.jsonl"
+    metric_log.write_text('{"kimg": 0.008, "value": 0.5}\n{"kimg": 0.016, "value": 0.4}\n{"kimg": 0.0')  # torn line
+    train(options(tmp_path, resume=str(first.run_dir / "training-state-0000000008.pt"), kimg=0.012),
+          tiny_model_config())
+    assert [s["kimg"] for s in read_stats(first.run_dir)] == [0.008, 0.012]
+    assert [json.loads(line)["kimg"] for line in metric_log.read_text().splitlines()] == [0.008]
+
+
+def test_tensorboard_logs_each_step_once_across_a_resume(tmp_path, dataset):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    first = train(options(tmp_path, tensorboard=True), tiny_model_config())
+    train(options(tmp_path, tensorboard=True, resume=str(first.run_dir / "training-state-0000000008.pt"),
+                  kimg=0.012), tiny_model_config())
+    events = event_accumulator.EventAccumulator(str(first.run_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/G")] == [8, 12]
+
+
 def test_transfer_loads_weights_but_restarts_counters(tmp_path, dataset):
     first = train(options(tmp_path, kimg=0.008), tiny_model_config())
     network, _ = latest_snapshot(first.run_dir)

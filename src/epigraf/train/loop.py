@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections import defaultdict
@@ -411,12 +412,36 @@ def save_snapshot(run_dir: Path, cfg: ModelConfig, G: Generator, G_ema: Generato
     log.info("snapshot %s", network_path(run_dir, cur_nimg).name)
 
 
+def drop_records_after(log_file: Path, nimg: int) -> None:
+    """Keep only the JSON-lines records of ``log_file`` at ``kimg`` ≤ nimg / 1000 (resuming from a snapshot at
+    nimg images repeats what a stopped run logged after it) and drop a line a kill cut short. Rewritten
+    atomically; an absent file is left alone."""
+    if not log_file.is_file():
+        return
+    lines = log_file.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _record_nimg(line) is not None and _record_nimg(line) <= nimg]
+    if len(kept) != len(lines):
+        tmp = log_file.with_name(log_file.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, log_file)
+
+
+def _record_nimg(line: str) -> int | None:
+    try:
+        return round(json.loads(line)["kimg"] * 1000)
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
 class RunLogger:
     """Rank 0's view of the run: progress bar, stats.jsonl, optional TensorBoard, image grids."""
 
     def __init__(self, run_dir: Path, opts: TrainOptions, cfg: ModelConfig, env: distributed.DistEnv,
                  start_nimg: int) -> None:
         self.run_dir, self.opts = run_dir, opts
+        if start_nimg > 0:
+            for log_file in (run_dir / "stats.jsonl", *run_dir.glob("metric-*.jsonl")):
+                drop_records_after(log_file, start_nimg)
         (run_dir / "options.json").write_text(json.dumps(dataclasses.asdict(opts), indent=2))
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         self.stats_file = (run_dir / "stats.jsonl").open("a")
@@ -426,7 +451,8 @@ class RunLogger:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
                 raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from err
-            self.writer = SummaryWriter(str(run_dir))
+            # A resumed run repeats the steps after its snapshot: TensorBoard drops the stopped run's copies.
+            self.writer = SummaryWriter(str(run_dir), purge_step=start_nimg + 1 if start_nimg > 0 else None)
         self.bar = None
         if opts.progress:
             from tqdm import tqdm
