@@ -12,7 +12,7 @@ from conftest import rel_err
 from epigraf.cameras import Cameras
 from epigraf.compat.original import from_original
 from epigraf.config import GeneratorConfig, RenderConfig, preset
-from epigraf.nn.field import TriPlaneMLP, query_triplanes
+from epigraf.nn.field import TriPlaneMLP, mean_triplane_features, query_triplanes, split_planes
 from epigraf.nn.generator import Generator
 from epigraf.nn.layers import fir_filter_2d, upsample2d
 from epigraf.nn.synthesis import SynthesisBlock, SynthesisLayer
@@ -148,6 +148,36 @@ def test_property_9_triplane_query(coord, expected):
     points = (torch.rand(1, 500, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1) * cs
     feats = query_triplanes(planes, points, cs).mean(dim=1)
     assert torch.allclose(feats[0, :, 0], expected(points[0]) / (3 * cs), atol=1e-5)
+
+
+@pytest.mark.parametrize("feature_last", [True, False], ids=["split_planes", "channel-first"])
+def test_cpu_corner_gather_equals_bilinear_sampling_in_values_and_gradients(feature_last):
+    """The CPU path of the field's input (one gather of 12 corners) against the grid sampler's, points outside
+    the planes and on their edges included; non-square planes catch a row/column swap."""
+    g = torch.Generator().manual_seed(0)
+    cs, b, f, h, w = 0.3, 2, 5, 7, 9
+    decoder_out = torch.randn(b, 3 * f, h, w, dtype=torch.float64, generator=g)
+    planes = split_planes(decoder_out, f) if feature_last else decoder_out.reshape(b, 3, f, h, w)
+    planes.requires_grad_(True)
+    points = (torch.rand(b, 200, 3, dtype=torch.float64, generator=g) * 2.6 - 1.3) * cs
+    points[0, :8] = torch.tensor([[x, y, z] for x in (-cs, cs) for y in (-cs, cs) for z in (-cs, cs)])
+    points[1, :3] = torch.tensor([[0.0, 0.0, 0.0], [cs, 0.0, -cs], [2 * cs, 0.0, 0.0]])
+    points.requires_grad_(True)
+    ours = mean_triplane_features(planes, points, cs)
+    reference = query_triplanes(planes, points, cs).mean(dim=1)
+    assert ours.shape == (b, 200, f)
+    assert torch.allclose(ours, reference, atol=1e-12)
+    cotangent = torch.randn(ours.shape, dtype=torch.float64, generator=g)
+    for a, r in zip(torch.autograd.grad(ours, (planes, points), cotangent),
+                    torch.autograd.grad(reference, (planes, points), cotangent), strict=True):
+        assert torch.allclose(a, r, atol=1e-10)
+
+
+def test_cpu_corner_gather_has_a_second_derivative():
+    g = torch.Generator().manual_seed(1)
+    planes = torch.randn(1, 3, 2, 4, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    points = ((torch.rand(1, 6, 3, dtype=torch.float64, generator=g) * 2 - 1) * 0.2).requires_grad_(True)
+    assert torch.autograd.gradgradcheck(lambda p, x: mean_triplane_features(p, x, 0.2), (planes, points))
 
 
 def test_property_9_shapes_of_the_paper_generator():
