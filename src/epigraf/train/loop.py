@@ -419,7 +419,7 @@ def drop_records_after(log_file: Path, nimg: int) -> None:
     if not log_file.is_file():
         return
     lines = log_file.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if _record_nimg(line) is not None and _record_nimg(line) <= nimg]
+    kept = [line for line in lines if (record_nimg := _record_nimg(line)) is not None and record_nimg <= nimg]
     if len(kept) != len(lines):
         tmp = log_file.with_name(log_file.name + ".tmp")
         tmp.write_text("".join(kept))
