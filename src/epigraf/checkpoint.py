@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from epigraf.config import ModelConfig, from_dict
+from epigraf.files import atomic_write
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
 from epigraf.nn.state import load_state_strict
@@ -59,10 +60,8 @@ def save_checkpoint(
         "config": json.dumps(dataclasses.asdict(config)),
         "metadata": json.dumps(metadata or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

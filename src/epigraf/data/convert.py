@@ -24,6 +24,7 @@ from epigraf.data.metadata import examples, load_json, match_errors, parse_label
 from epigraf.data.poses import PoseTable, epigraf_poses
 from epigraf.data.sources import KeyMatch, Source, image_key, match_keys, open_image, open_source
 from epigraf.data.validate import scan_images, validate_dataset
+from epigraf.files import atomic_write
 
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
 # Cameras whose fov or radius differ by more than this (relative) are reported as inconsistent.
@@ -240,22 +241,15 @@ def prepare_image(image: Image.Image, side: int, crop: bool, background: tuple[i
 
 def _write(source: Source, names: list[str], out_path: str, side: int, options: ConvertOptions,
            meta: dict[str, object]) -> None:
-    tmp = out_path + ".partial"
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    try:
-        # PNGs are already compressed: storing them is as small and much faster.
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            for name in names:
-                try:
-                    with open_image(source, name) as im:
-                        out = prepare_image(im, side, options.crop, BACKGROUNDS[options.background])
-                except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-                    raise ValueError(f"cannot decode image {name!r}: {err}") from err
-                buf = io.BytesIO()
-                out.save(buf, format="PNG")
-                zf.writestr(image_key(name) + ".png", buf.getvalue())
-            zf.writestr("dataset.json", json.dumps(meta, indent=1))
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    # PNGs are already compressed: storing them is as small and much faster.
+    with atomic_write(out_path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in names:
+            try:
+                with open_image(source, name) as im:
+                    out = prepare_image(im, side, options.crop, BACKGROUNDS[options.background])
+            except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+                raise ValueError(f"cannot decode image {name!r}: {err}") from err
+            buf = io.BytesIO()
+            out.save(buf, format="PNG")
+            zf.writestr(image_key(name) + ".png", buf.getvalue())
+        zf.writestr("dataset.json", json.dumps(meta, indent=1))

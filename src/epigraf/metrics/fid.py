@@ -28,6 +28,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
+from epigraf.files import atomic_write
 from epigraf.metrics.inception import FeatureExtractor
 from epigraf.metrics.sampling import MetricDataset, num_real_images, real_images
 
@@ -238,10 +239,8 @@ def _save_cached(path: Path, description: dict[str, Any], stats: RealStatistics)
               "description": np.str_(json.dumps(description, sort_keys=True))}
     if stats.features is not None:
         arrays["features"] = stats.features
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp, tmp.open("wb") as f:  # a file object: np.savez appends no ".npz"
+        np.savez(f, **arrays)
 
 
 def real_statistics(

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import signal
 import time
 from collections import defaultdict
@@ -29,6 +28,7 @@ from epigraf.cameras import sample_normal, sample_spherical_uniform
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
 from epigraf.config import ModelConfig, preset
 from epigraf.data.dataset import ImageDataset
+from epigraf.files import atomic_write
 from epigraf.metrics import FeatureExtractor, InceptionFeatures, MetricResult, TorchScriptFeatures, compute_metric
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
@@ -421,9 +421,8 @@ def drop_records_after(log_file: Path, nimg: int) -> None:
     lines = log_file.read_text().splitlines(keepends=True)
     kept = [line for line in lines if (record_nimg := _record_nimg(line)) is not None and record_nimg <= nimg]
     if len(kept) != len(lines):
-        tmp = log_file.with_name(log_file.name + ".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, log_file)
+        with atomic_write(log_file) as tmp:
+            tmp.write_text("".join(kept))
 
 
 def _record_nimg(line: str) -> int | None:

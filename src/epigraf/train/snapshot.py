@@ -9,12 +9,13 @@ The state file holds only tensors, numbers, strings and containers and is read w
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from epigraf.files import TEMPORARY_SUFFIX, atomic_write
 
 NETWORK_PATTERN = "network-{nimg:010d}.safetensors"
 STATE_PATTERN = "training-state-{nimg:010d}.pt"
@@ -30,14 +31,13 @@ def state_path(run_dir: Path, nimg: int) -> Path:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
 
 
 def remove_unfinished_writes(run_dir: Path) -> list[Path]:
     """Delete the ``*.tmp`` files a killed run left (each as large as a snapshot); returns what it removed."""
-    removed = [p for p in run_dir.glob("*.tmp") if p.is_file()]
+    removed = [p for p in run_dir.glob(f"*{TEMPORARY_SUFFIX}") if p.is_file()]
     for path in removed:
         path.unlink()
     return removed
