@@ -29,11 +29,17 @@ def split_planes(planes: Tensor, channels: int) -> Tensor:
     return feats.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
+def _plane_coordinates(points: Tensor, cube_scale: float, plane_dim: int) -> Tensor:
+    """points [B, P, 3] (world) → their (column, row) on each plane in [−1, 1], the planes stacked at
+    ``plane_dim``: [B, 3, P, 2] for plane_dim 1, [B, P, 3, 2] for plane_dim 2."""
+    coords = points / cube_scale
+    return torch.stack([coords[..., list(axes)] for axes in PLANE_AXES], dim=plane_dim)
+
+
 def _sample_planes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
     """planes [B, 3, F, R, R], points [B, P, 3] → bilinear samples [B, 3, F, P]."""
     b, _, f, h, w = planes.shape
-    coords = points / cube_scale
-    grid = torch.stack([coords[..., list(axes)] for axes in PLANE_AXES], dim=1)  # [B, 3, P, 2]
+    grid = _plane_coordinates(points, cube_scale, plane_dim=1)
     # grid_sampler_2d is F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=True) minus the
     # dispatch to cuDNN's sampler, which rejects feature-last planes and grids of millions of points.
     sampled = torch.grid_sampler_2d(
@@ -65,24 +71,23 @@ def mean_triplane_features(planes: Tensor, points: Tensor, cube_scale: float) ->
         return _sample_planes(planes, points, cube_scale).mean(dim=1).transpose(1, 2)
     b, _, f, h, w = planes.shape
     table = planes.permute(0, 1, 3, 4, 2).reshape(-1, f)  # a view for split_planes' feature-last planes
-    index, weights = _corner_index_and_weights(points / cube_scale, h, w)
+    index, weights = _corner_index_and_weights(_plane_coordinates(points, cube_scale, plane_dim=2), h, w)
     return _CornerGather.apply(table, index, weights.to(table.dtype)).reshape(b, -1, f)
 
 
-def _corner_index_and_weights(coords: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+def _corner_index_and_weights(grid: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
     """Rows of the [B·3·H·W, F] feature-last table and the weights that give the mean of the three planes'
-    bilinear samples (align_corners=True, zero padding) at ``coords`` [B, P, 3] in [−1, 1].
+    bilinear samples (align_corners=True, zero padding) at plane coordinates ``grid`` [B, P, 3, 2].
 
     → index [B·P, 12] (int64) and weights [B·P, 12]; a corner outside its plane gets weight 0 (any row).
     """
-    b, p, _ = coords.shape
-    grid = torch.stack([coords[..., list(axes)] for axes in PLANE_AXES], dim=2)  # [B, P, 3, 2] = (col, row)
+    b, p = grid.shape[:2]
     pixel = (grid + 1) * grid.new_tensor([(w - 1) / 2, (h - 1) / 2])
     corner = pixel.floor()
     frac = pixel - corner
     col, row = corner.long().unbind(-1)
-    first_row = (torch.arange(b, device=coords.device)[:, None, None] * 3
-                 + torch.arange(3, device=coords.device)) * (h * w)  # [B, 1, 3]
+    first_row = (torch.arange(b, device=grid.device)[:, None, None] * 3
+                 + torch.arange(3, device=grid.device)) * (h * w)  # [B, 1, 3]
     index, weights = [], []
     for d_row in (0, 1):
         for d_col in (0, 1):
