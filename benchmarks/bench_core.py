@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import device_name
 
 from epigraf.config import preset
 from epigraf.nn.discriminator import Discriminator
@@ -165,7 +166,7 @@ def main() -> None:
 
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     env_info = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device": device_name(device),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
         "preset": args.preset, "batch": b, "repeats": args.repeats, "malloc_tuning": tuned,
@@ -185,16 +186,6 @@ def main() -> None:
         print(f"peak CUDA memory allocated: {env_info['peak_cuda_allocated_gib']:.2f} GiB")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"environment": env_info, "results": rows}, indent=2))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import torch
+from machine import device_name
 
 from epigraf.config import preset
 from epigraf.nn.generator import Generator
@@ -78,7 +79,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     env = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(device),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(), "repeats": args.repeats,
         "load_average_before": os.getloadavg() if hasattr(os, "getloadavg") else None,

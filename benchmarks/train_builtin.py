@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import device_name
 
 from epigraf.checkpoint import load_checkpoint
 from epigraf.config import preset
@@ -118,7 +119,7 @@ def main() -> None:
         stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
         steady = stats[1:] or stats
         result = {
-            "machine": _machine(args.device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "machine": device_name(args.device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "resolution": resolution, "images": len(dataset), "wall_minutes": wall / 60,
             "batch_size": args.batch_size, "kimg": stats[-1]["kimg"], "ticks": len(stats),
             "img_per_sec": float(np.median([s["img_per_sec"] for s in steady])), "run_dir": str(run_dir),
@@ -128,19 +129,6 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-
-
-def _machine(device: str) -> str:
-    if device != "cpu" and torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return _cpu()
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "cpu"
 
 
 if __name__ == "__main__":
