@@ -16,6 +16,12 @@ import pytest
 import torch
 from torch import Tensor
 
+from epigraf.runtime import flush_denormals
+
+# As every epigraf command does, before any torch operation (so torch's worker threads inherit the flag):
+# the equivalence tests against the original's fixtures then run under the setting the product uses.
+flush_denormals()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "original"
 

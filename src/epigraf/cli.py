@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from epigraf.runtime import tune_cpu_allocator
+from epigraf.runtime import flush_denormals, tune_cpu_allocator
 
 # command name → module in epigraf.commands
 COMMANDS = {
@@ -39,6 +39,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Before any torch operation starts its worker threads: they inherit the flag (runtime.flush_denormals).
+    flush_denormals()
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")

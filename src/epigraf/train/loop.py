@@ -33,7 +33,7 @@ from epigraf.metrics import FeatureExtractor, InceptionFeatures, MetricResult, T
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
 from epigraf.nn.state import load_state_strict
-from epigraf.runtime import configure_cuda_for_training
+from epigraf.runtime import configure_cuda_for_training, ensure_denormals_flushed
 from epigraf.schedules import adam_settings_for_lazy_reg, blur_sigma, ema_beta, nerf_noise_std, patch_beta
 from epigraf.train import distributed
 from epigraf.train.augment import AdaptiveP, AugmentPipe
@@ -230,6 +230,7 @@ def train(opts: TrainOptions, model: ModelConfig | None = None) -> TrainResult:
     ``model`` replaces the architecture of ``opts.preset`` (e.g. a tiny model for tests); the dataset still
     adapts labels and the mean pose.
     """
+    ensure_denormals_flushed()
     env = distributed.setup(opts.device)
     try:
         base = model or preset(opts.preset)
