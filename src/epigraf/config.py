@@ -254,20 +254,27 @@ PRESETS = ("ffhq512", "ffhq256", "cats256", "plants256", "food256", "builtin")
 
 
 def _builtin_preset() -> ModelConfig:
-    """Small, CPU-trainable model for the built-in 64² object dataset (Megascans-like cameras)."""
+    """Small, CPU-trainable model for the built-in 64² object dataset (Megascans-like cameras).
+
+    Its schedules are sized for the built-in run of 40 kimg (``train.options.BUILTIN_RECIPE``), where the
+    paper's are sized for 25,000: the patch-scale Beta anneals over the whole run (the paper's 10,000 kimg
+    would keep every patch a whole image), and the density noise decays over its first half (the paper's
+    5,000 kimg would keep it at full strength, blurring every surface). γ = 0.05 follows StyleGAN2-ADA's
+    rule of thumb, 0.0002 · resolution² / batch at 64² and batch 16.
+    """
     resolution, patch = 64, 32
     return ModelConfig(
         name="builtin",
         generator=GeneratorConfig(
             z_dim=128, w_dim=128, image_resolution=resolution, patch_resolution=patch,
             triplane_resolution=64, triplane_channels=16, channel_base=4096, channel_max=128,
-            mlp_hidden=32, camera=dataclasses.replace(MEGASCANS_CAMERA),
+            mlp_hidden=32, camera=dataclasses.replace(MEGASCANS_CAMERA), nerf_noise_kimg_growth=20.0,
             render=RenderConfig(num_ray_steps=16, white_back=True),
         ),
         discriminator=DiscriminatorConfig(
             image_resolution=resolution, input_resolution=patch, channel_base=2048, channel_max=128,
             hyper_mod_dim=128,
         ),
-        patch=PatchConfig(image_resolution=resolution, resolution=patch),
+        patch=PatchConfig(image_resolution=resolution, resolution=patch, anneal_kimg=40.0),
         r1_gamma=0.05,
     )

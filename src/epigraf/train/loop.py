@@ -51,7 +51,6 @@ from epigraf.train.visualize import render_fake_grid, save_camera_path_video, sa
 
 log = logging.getLogger(__name__)
 
-PAPER_BATCH, BUILTIN_BATCH = 64, 16
 VIDEO_LATENTS = 4
 
 
@@ -249,11 +248,12 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
     device = env.device
     if device.type == "cuda":
         configure_cuda_for_training()
-    batch_size = opts.batch_size or (PAPER_BATCH if opts.is_paper_preset else BUILTIN_BATCH)
+    opts = opts.with_preset_defaults()
+    batch_size = opts.batch_size
     if batch_size % env.world_size:
         raise ValueError(f"batch size {batch_size} is not divisible by the {env.world_size} processes")
     batch_gpu = batch_size // env.world_size
-    tick_kimg = opts.tick_kimg if opts.tick_kimg > 0 else (4.0 if opts.is_paper_preset else 0.5)
+    tick_kimg = opts.tick_kimg
 
     resume = None
     if opts.resume is not None:
