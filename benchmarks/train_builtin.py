@@ -1,7 +1,8 @@
 """A fixed wall-clock training of the ``builtin`` preset on the built-in dataset, with KID before and after.
 
     python benchmarks/train_builtin.py --minutes 15 [--batch-size 16] [--resolution 64] [--data DIR]
-                                       [--device auto] [--reals 2000] [--fakes 1000] [--no-kid | --kid-of NETWORK]
+                                       [--device auto] [--reals 2000] [--fakes 1000]
+                                       [--no-kid | --kid-of NETWORK | --kid-curve RUN]
                                        [--out benchmarks/results/train_builtin.json]
 
 Trains with ``epigraf train`` in a subprocess, stops it with SIGTERM after ``--minutes`` (the trainer writes
@@ -10,6 +11,8 @@ cameras, ψ = 1) of a freshly initialised generator and of the final G_ema again
 the built-in images. The subset and the fake counts are smaller than the kid50k_full protocol so the whole
 measurement fits a CPU; the protocol string says so. Needs the Inception weights (see README, Metrics);
 ``--no-kid`` trains only and ``--kid-of NETWORK`` measures a run's checkpoint later, e.g. a GPU run on a CPU machine.
+``--kid-curve RUN`` measures the initialisation and every snapshot of a run under one protocol (the same reals,
+fakes and seeds at every point) and writes the curve to ``--out``.
 """
 
 from __future__ import annotations
@@ -75,18 +78,40 @@ def train_for(minutes: float, run_dir: Path, extra: list[str]) -> float:
     return time.time() - start
 
 
-def measure_kid(network: Path, dataset: ImageDataset, num_reals: int, fakes: int) -> dict:
-    """KID of a freshly initialised generator (the run's seed-0 init) and of the network's G_ema."""
+def kid_at(networks: list[Path], dataset: ImageDataset, num_reals: int, fakes: int) -> tuple[list[float], str]:
+    """KID of a freshly initialised generator (the run's seed-0 init), then of each network's G_ema, all against
+    one fixed subset of ``num_reals`` real images; returns the values and the protocol."""
     reals = SubsetDataset(dataset, np.random.RandomState(0).choice(len(dataset), num_reals, replace=False))
     detector = InceptionFeatures()
-    trained = load_checkpoint(network).G_ema
-    torch.manual_seed(0)
-    initial = Generator(trained.cfg).eval()
-    initial.mapping.mean_camera_pose.copy_(trained.mapping.mean_camera_pose)
     real_stats = real_statistics(reals, detector, keep_features=True, cache_dir=False)
-    before = kid(initial, reals, detector, fakes, real_stats)
-    after = kid(trained, reals, detector, fakes, real_stats)
-    return {"kid_initial": before.value, "kid_final": after.value, "protocol": after.protocol}
+    generators = (load_checkpoint(network).G_ema for network in networks)
+    first = load_checkpoint(networks[0]).G_ema
+    torch.manual_seed(0)
+    initial = Generator(first.cfg).eval()
+    initial.mapping.mean_camera_pose.copy_(first.mapping.mean_camera_pose)
+    values, protocol = [], ""
+    for G in (initial, *generators):
+        result = kid(G, reals, detector, fakes, real_stats)
+        values.append(result.value)
+        protocol = result.protocol
+        print(f"KID {len(values) - 1}/{len(networks)}: {result.value:.4f}", flush=True)
+    return values, protocol
+
+
+def measure_kid(network: Path, dataset: ImageDataset, num_reals: int, fakes: int) -> dict:
+    """KID of a freshly initialised generator and of the network's G_ema."""
+    (before, after), protocol = kid_at([network], dataset, num_reals, fakes)
+    return {"kid_initial": before, "kid_final": after, "protocol": protocol}
+
+
+def kid_curve(run_dir: Path, dataset: ImageDataset, num_reals: int, fakes: int) -> dict:
+    """KID against kimg: the initialisation and every snapshot of ``run_dir``, one protocol throughout."""
+    networks = sorted(run_dir.glob("network-*.safetensors"))
+    if not networks:
+        raise SystemExit(f"no network-*.safetensors snapshots in {run_dir}")
+    values, protocol = kid_at(networks, dataset, num_reals, fakes)
+    kimgs = [0.0] + [int(p.stem.split("-")[1]) / 1000 for p in networks]
+    return {"run_dir": str(run_dir), "protocol": protocol, "kimg": kimgs, "kid": values}
 
 
 def main() -> None:
@@ -99,6 +124,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="run folder (default: a new temporary one)")
     parser.add_argument("--no-kid", action="store_true", help="train only (e.g. where no Inception weights are)")
     parser.add_argument("--kid-of", type=Path, help="skip training: KID of this network checkpoint (updates --out)")
+    parser.add_argument("--kid-curve", type=Path, help="skip training: KID of every snapshot of this run folder")
     parser.add_argument("--reals", type=int, default=2000)
     parser.add_argument("--fakes", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_builtin.json"))
@@ -108,7 +134,9 @@ def main() -> None:
     resolution = args.resolution or cfg.generator.image_resolution
     data_dir = args.data or build_builtin_dataset(resolution=resolution)
     dataset = ImageDataset(data_dir)
-    if args.kid_of is not None:
+    if args.kid_curve is not None:
+        result = {"machine": device_name(args.device), **kid_curve(args.kid_curve, dataset, args.reals, args.fakes)}
+    elif args.kid_of is not None:
         result = json.loads(args.out.read_text()) if args.out.exists() else {}
         result.update(measure_kid(args.kid_of, dataset, args.reals, args.fakes))
     else:

@@ -1,0 +1,179 @@
+"""The figures of ``docs/results.md`` from a trained network and its KID curve.
+
+    python docs/make_results.py --network runs/00000-builtin/network-0000040000.safetensors \
+        --kid-curve benchmarks/results/kid_curve.json [--out docs/results]
+
+Writes ``fakes_vs_reals.png`` (G_ema renders at the cameras of 16 real images, beside those images),
+``turntable.gif`` (four seeds turning a full circle), ``depth_normals.png`` (image, depth and normal map per
+seed), ``mesh_preview.png`` (the extracted meshes, flat-shaded from three views) and ``kid_curve.png``.
+Everything renders deterministically (fixed seeds, no ray jitter), so the figures are reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from epigraf.camera_paths import orbit, points
+from epigraf.checkpoint import load_checkpoint
+from epigraf.data.builtin import default_dir
+from epigraf.data.dataset import ImageDataset
+from epigraf.data.plots import font
+from epigraf.export.images import depth_to_uint8, image_grid, save_png, to_uint8
+from epigraf.export.video import write_video
+from epigraf.geometry import extract_geometry
+from epigraf.inference import depth_normals, render_all
+from epigraf.isosurface import Mesh
+from epigraf.latents import seeds_to_ws
+from epigraf.runtime import flush_denormals
+
+SEEDS = [0, 1, 2, 3]
+ZOOM = 3  # 64² renders are shown 3× larger (nearest neighbour, so no detail is invented)
+
+
+def zoom(image: np.ndarray, factor: int = ZOOM) -> np.ndarray:
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def labelled(image: np.ndarray, title: str) -> Image.Image:
+    """The image under a one-line title."""
+    canvas = Image.new("RGB", (image.shape[1], image.shape[0] + 24), "white")
+    canvas.paste(Image.fromarray(image), (0, 24))
+    ImageDraw.Draw(canvas).text((4, 4), title, fill="black", font=font(14))
+    return canvas
+
+
+def side_by_side(panels: list[Image.Image], gap: int = 12) -> Image.Image:
+    width = sum(p.width for p in panels) + gap * (len(panels) - 1)
+    canvas = Image.new("RGB", (width, max(p.height for p in panels)), "white")
+    x = 0
+    for p in panels:
+        canvas.paste(p, (x, 0))
+        x += p.width + gap
+    return canvas
+
+
+@torch.no_grad()
+def fakes_vs_reals(G, dataset: ImageDataset, out: Path, count: int = 16) -> None:
+    idx = np.random.RandomState(0).choice(len(dataset), count, replace=False)
+    reals = np.stack([dataset[int(i)].image.transpose(1, 2, 0) for i in idx])
+    angles = torch.from_numpy(dataset.camera_angles[idx])
+    z = torch.from_numpy(np.random.RandomState(1).randn(count, G.z_dim)).float()
+    fakes = to_uint8(G(z, None, angles, truncation_psi=1.0, deterministic=True).image)
+    panels = [labelled(zoom(image_grid(x, 4)), title) for x, title in
+              ((fakes, "G_ema (ψ = 1), at the reals' cameras"), (reals, "real images"))]
+    side_by_side(panels).save(out / "fakes_vs_reals.png")
+
+
+@torch.no_grad()
+def turntable(G, out: Path, frames: int = 36) -> None:
+    cam = G.cfg.camera
+    ws = seeds_to_ws(G, SEEDS, truncation_psi=0.7)
+    per_seed = [to_uint8(render_all(G, w[None].expand(frames, -1, -1), orbit(frames, cam.fov, cam.radius)).image)
+                for w in ws]
+    tiled = np.concatenate(per_seed, axis=2)  # [frames, H, 4·W, 3]
+    write_video((zoom(frame, 2) for frame in tiled), out / "turntable.gif", fps=12)
+
+
+@torch.no_grad()
+def depth_and_normals(G, out: Path) -> None:
+    cam = G.cfg.camera
+    ws = seeds_to_ws(G, SEEDS, truncation_psi=0.7)
+    cameras = points([0.6] * len(SEEDS), math.pi / 2 - 0.3, cam.fov, cam.radius)
+    rendered = render_all(G, ws, cameras)
+    normals = depth_normals(rendered.depth, cameras.fov)
+    # Background pixels have no surface: show them white in both maps.
+    background = (rendered.opacity < 0.5).expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()
+    depth = depth_to_uint8(rendered.depth, cam.ray_start, cam.ray_end)
+    normal_rgb = to_uint8(normals)
+    depth[background], normal_rgb[background] = 255, 255
+    rows = np.concatenate([to_uint8(rendered.image), depth, normal_rgb], axis=2)  # [seeds, H, 3·W, 3]
+    grid = image_grid(rows, 1)
+    labelled(zoom(grid), "image | depth (near = white) | normals (camera space)").save(out / "depth_normals.png")
+
+
+def rasterise(mesh: Mesh, yaw: float, pitch: float, size: int = 256) -> np.ndarray:
+    """A flat-shaded orthographic view of the mesh (painter's algorithm), vertex colours × a head light."""
+    rot_y = np.array([[math.cos(yaw), 0, -math.sin(yaw)], [0, 1, 0], [math.sin(yaw), 0, math.cos(yaw)]])
+    rot_x = np.array([[1, 0, 0], [0, math.cos(pitch), -math.sin(pitch)], [0, math.sin(pitch), math.cos(pitch)]])
+    v = mesh.vertices @ (rot_x @ rot_y).T
+    tri = v[mesh.faces]  # [F, 3, 3]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
+    shade = 0.25 + 0.75 * np.abs(normals[:, 2])
+    colors = mesh.colors[mesh.faces].mean(axis=1) if mesh.colors is not None else np.full((len(tri), 3), 200.0)
+    extent = np.abs(v[:, :2]).max() * 1.1 + 1e-9
+    xy = (tri[:, :, :2] / extent * 0.5 + 0.5) * size
+    xy[:, :, 1] = size - xy[:, :, 1]
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    for f in np.argsort(tri[:, :, 2].mean(axis=1)):  # far (−z) first
+        rgb = tuple(int(c) for c in (colors[f] * shade[f]).clip(0, 255))
+        draw.polygon([tuple(p) for p in xy[f]], fill=rgb)
+    return np.asarray(image)
+
+
+@torch.no_grad()
+def mesh_preview(G, out: Path, resolution: int = 96) -> None:
+    ws = seeds_to_ws(G, SEEDS, truncation_psi=0.7)
+    views = ((0.6, 0.35), (2.2, 0.35), (-1.2, -0.5))
+    rows = []
+    for w in ws:
+        mesh = extract_geometry(G, w[None], resolution=resolution).mesh
+        rows.append(np.concatenate([rasterise(mesh, yaw, pitch) for yaw, pitch in views], axis=1))
+    labelled(image_grid(np.stack(rows), 2), f"meshes at the automatic iso-level ({resolution}³ grid), three views"
+             ).save(out / "mesh_preview.png")
+
+
+def kid_plot(curve: dict, out: Path, size: tuple[int, int] = (560, 320)) -> None:
+    kimg, kid = np.asarray(curve["kimg"]), np.asarray(curve["kid"])
+    w, h = size
+    left, right, top, bottom = 60, 20, 30, 40
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    lo, hi = 0.0, float(kid.max()) * 1.1
+    x = left + (kimg / max(kimg.max(), 1e-9)) * (w - left - right)
+    y = top + (1 - (kid - lo) / (hi - lo)) * (h - top - bottom)
+    draw.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
+    for tick in np.linspace(lo, hi, 5):
+        ty = top + (1 - (tick - lo) / (hi - lo)) * (h - top - bottom)
+        draw.line([(left - 4, ty), (left, ty)], fill="black")
+        draw.text((4, ty - 7), f"{tick:.2f}", fill="black", font=font(12))
+    for k, px in zip(kimg, x, strict=True):
+        draw.text((px - 8, h - bottom + 6), f"{k:g}", fill="black", font=font(11))
+    draw.line(list(zip(x, y, strict=True)), fill=(31, 119, 180), width=2)
+    for px, py in zip(x, y, strict=True):
+        draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=(31, 119, 180))
+    draw.text((left, 6), "KID (lower is better) against kimg", fill="black", font=font(14))
+    draw.text((w // 2 - 20, h - 18), "kimg", fill="black", font=font(12))
+    image.save(out / "kid_curve.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--network", type=Path, required=True)
+    parser.add_argument("--kid-curve", type=Path, help="JSON from benchmarks/train_builtin.py --kid-curve")
+    parser.add_argument("--data", type=Path, help="the training images (default: the built-in dataset)")
+    parser.add_argument("--out", type=Path, default=Path("docs/results"))
+    args = parser.parse_args()
+    flush_denormals()
+    args.out.mkdir(parents=True, exist_ok=True)
+    G = load_checkpoint(args.network).G_ema.eval()
+    dataset = ImageDataset(args.data or default_dir(G.cfg.image_resolution), mirror=False)
+    fakes_vs_reals(G, dataset, args.out)
+    turntable(G, args.out)
+    depth_and_normals(G, args.out)
+    mesh_preview(G, args.out)
+    if args.kid_curve is not None:
+        kid_plot(json.loads(args.kid_curve.read_text()), args.out)
+    print(f"figures in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
