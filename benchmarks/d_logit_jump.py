@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--preset", default="ffhq256")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--kimg", type=float, default=0.0)
+    parser.add_argument("--steps", type=int, default=1, help="D steps on the same inputs before the breakdown")
     parser.add_argument("--smooth-reals", action="store_true",
                         help="reals = bilinearly up-sampled 8² noise (image-like) instead of per-pixel noise")
     args = parser.parse_args()
@@ -81,10 +82,18 @@ def main() -> None:
     optimizer_step(opt, list(params.values()), d_loss, DistEnv(0, 1, torch.device("cpu")))
     after = {k: v.detach().clone() for k, v in params.items()}
     fake1, real1 = logits()
+    trajectory = [(fake1, real1)]
+    for _ in range(args.steps - 1):  # the same batch again, as a benchmark repeating one phase does
+        d_loss = (F.softplus(loss.discriminate(fake, x.fake_c, pp_fake, x.fake_angles, args.kimg)).mean()
+                  + F.softplus(-loss.discriminate(real_patch, x.real_c, pp_real, x.real_angles, args.kimg)).mean())
+        optimizer_step(opt, list(params.values()), d_loss, DistEnv(0, 1, torch.device("cpu")))
+        trajectory.append(logits())
     print(f"{args.preset}, batch {b}, kimg {args.kimg}, reals {'smooth' if args.smooth_reals else 'pixel noise'}; "
           f"D lr {d_lr:.6f}")
     print(f"before the step: fake {fake0:+.2f} real {real0:+.2f}; after one Adam step of all of D: "
           f"fake {fake1:+.2f} real {real1:+.2f}")
+    print("mean logits (fake, real) after each step on the same batch: "
+          + ", ".join(f"({f:+.1f}, {r:+.1f})" for f, r in trajectory))
     step_sizes = torch.cat([(after[k] - before[k]).abs().flatten() for k in params])
     print(f"|Δθ| over all {step_sizes.numel():,} parameters: median {step_sizes.median():.6f}, "
           f"max {step_sizes.max():.6f} (lr {d_lr:.6f})")
