@@ -263,7 +263,9 @@ def initial_generator() -> Generator:
     (1000.0, 0.05, 0.05 * 4),  # ramp-up: min(ema_kimg, 0.05 · images seen) after one batch of 4
 ])
 def test_trainer_ema_uses_the_half_life_and_its_ramp_up(dataset_dir, ema_kimg, rampup, expected_nimg):
-    opts = options(dataset_dir, kimg=0.004, augment="none", metrics_ticks=0, ema_kimg=ema_kimg, ema_rampup=rampup)
+    # A large G step (every weight moves by ≈ g_lr) makes a 4 % change of the half-life visible in G_ema.
+    opts = options(dataset_dir, kimg=0.004, augment="none", metrics_ticks=0, ema_kimg=ema_kimg, ema_rampup=rampup,
+                   g_lr=0.5)
     result = train(opts, tiny_model_config())
     beta = 0.5 ** (4 / expected_nimg)
     start = dict(initial_generator().named_parameters())

