@@ -1,7 +1,7 @@
 """Model-core and training-iteration speed on the paper's ffhq256 configuration, beside the original's figures.
 
     python benchmarks/bench_core.py [--batch 4] [--repeats 2] [--device cpu] [--no-malloc-tuning]
-                                    [--out benchmarks/results/core.json]
+                                    [--keep-denormals] [--out benchmarks/results/core.json]
 
 Prints a table (median wall seconds over ``--repeats`` after one warm-up) and writes JSON with the
 environment. The training iteration runs the real training code (``epigraf.train.loss`` phases,
@@ -31,7 +31,7 @@ from machine import device_name
 from epigraf.config import preset
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
-from epigraf.runtime import configure_cuda_for_training, tune_cpu_allocator
+from epigraf.runtime import configure_cuda_for_training, denormals_flushed, flush_denormals, tune_cpu_allocator
 from epigraf.schedules import adam_settings_for_lazy_reg
 from epigraf.train.augment import AugmentPipe
 from epigraf.train.distributed import DistEnv
@@ -74,8 +74,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default allocator settings")
+    parser.add_argument("--keep-denormals", action="store_true",
+                        help="do not flush subnormal floats to zero (shows the stall once D saturates)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/core.json"))
     args = parser.parse_args()
+    # Before any torch operation: torch's worker threads copy the flag from the thread that starts them.
+    flushed = False if args.keep_denormals else flush_denormals()
     tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
 
     device = torch.device(args.device)
@@ -170,6 +174,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
         "preset": args.preset, "batch": b, "repeats": args.repeats, "malloc_tuning": tuned,
+        "denormals_flushed": flushed and denormals_flushed(),
         "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"), "peak_rss_gib": round(peak_rss_gib, 2),
     }
     if device.type == "cuda":

@@ -99,3 +99,25 @@ def test_channel_folded_fir_equals_the_depthwise_one_to_second_order():
     (gf,), (gd,) = (torch.autograd.grad(y, x, g, create_graph=True) for y in (folded, depthwise))
     assert torch.allclose(gf, gd, rtol=0, atol=1e-12)
     assert torch.autograd.gradgradcheck(lambda t: _fir(t, f, pad, 4.0, fold_channels=True), (x,))
+
+
+@pytest.mark.parametrize("f", [fir_filter_2d().double(), torch.rand(3, 3, dtype=torch.float64)],
+                         ids=["binomial", "asymmetric"])
+def test_depthwise_fir_equals_a_grouped_convolution_to_second_order(f):
+    """The CPU FIR (its own backward, so R1's double backward stays depthwise) against autograd's grouped conv."""
+    from epigraf.nn.layers import _fir
+
+    x = torch.randn(2, 5, 9, 8, dtype=torch.float64, requires_grad=True)
+    pad = (2, 1, 2, 1)
+
+    def reference(t):
+        return F.conv2d(F.pad(t, pad), (f * 4.0)[None, None].expand(5, 1, *f.shape), groups=5)
+
+    ours, ref = _fir(x, f, pad, 4.0, fold_channels=False), reference(x)
+    assert torch.allclose(ours, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ours, requires_grad=True)  # stands for D's upstream gradient, which depends on weights
+    (g_ours,), (g_ref,) = (torch.autograd.grad(y, x, g, create_graph=True) for y in (ours, ref))
+    assert torch.allclose(g_ours, g_ref, rtol=0, atol=1e-12)
+    (gg_ours,), (gg_ref,) = (torch.autograd.grad(d.square().sum(), g) for d in (g_ours, g_ref))
+    assert torch.allclose(gg_ours, gg_ref, rtol=0, atol=1e-12)
+    assert torch.autograd.gradgradcheck(lambda t: _fir(t, f, pad, 4.0, fold_channels=False), (x,))

@@ -114,8 +114,16 @@ def test_tensorboard_logs_each_step_once_across_a_resume(tmp_path, dataset):
 def test_transfer_loads_weights_but_restarts_counters(tmp_path, dataset):
     first = train(options(tmp_path, kimg=0.008), tiny_model_config())
     network, _ = latest_snapshot(first.run_dir)
-    second = train(options(tmp_path, kimg=0.004, transfer=str(network), augment="none"), tiny_model_config())
+    # Learning rates 0: the one step leaves the weights where they started, which must be the checkpoint's.
+    second = train(options(tmp_path, kimg=0.004, transfer=str(network), augment="none", g_lr=0.0, d_lr=0.0),
+                   tiny_model_config())
     assert second.cur_nimg == 4 and second.run_dir != first.run_dir
+    ckpt = load_checkpoint(network)
+    for ours, theirs in ((second.G, ckpt.G), (second.D, ckpt.D)):  # parameters: w_avg moves with every step
+        for name, value in theirs.named_parameters():
+            assert torch.equal(dict(ours.named_parameters())[name], value), name
+    fresh = train(options(tmp_path, kimg=0.004, augment="none", g_lr=0.0, d_lr=0.0), tiny_model_config())
+    assert not torch.equal(fresh.D.b4.out.weight, ckpt.D.b4.out.weight)  # the seed alone would not give them
 
 
 def _script(tmp_path: Path, body: str) -> Path:

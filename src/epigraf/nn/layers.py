@@ -54,8 +54,33 @@ def _fir(x: Tensor, f: Tensor, pad: tuple[int, int, int, int], gain: float,
         # group: ~3,600 small kernels per ffhq256 R1 step, 0.55 s of its 0.6 s on an H200.
         x = F.conv2d(F.pad(x.reshape(b * c, 1, h, w), pad), weight)
         return x.reshape(b, c, *x.shape[-2:])
-    # On CPUs the depthwise form is ~10% faster in D's backward and R1, and the per-group loop costs little.
-    return F.conv2d(F.pad(x, pad), weight.expand(c, 1, *f.shape), groups=c)
+    # On CPUs the depthwise convolution is the fastest form of the forward and backward passes; its own
+    # backward keeps R1's double backward depthwise too (see _DepthwiseFilter).
+    return _DepthwiseFilter.apply(F.pad(x, pad), weight.expand(c, 1, *f.shape))
+
+
+class _DepthwiseFilter(torch.autograd.Function):
+    """Valid depthwise correlation of x [B, C, H, W] with a constant filter [C, 1, k, k] → [B, C, H−k+1, W−k+1].
+
+    Its backward is the adjoint, again a depthwise correlation (of the zero-padded gradient with the flipped
+    filter) computed by this same function, so every order of derivative stays one depthwise convolution.
+    Autograd's own double backward of a grouped convolution runs one convolution per channel: 3,670
+    convolutions and 60 % of the CPU time of an ffhq256 R1 step.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(weight)
+        ctx.input_shape = x.shape
+        return F.conv2d(x, weight, groups=weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (weight,) = ctx.saved_tensors
+        if not torch.is_grad_enabled():  # a first-order backward: the native kernel is ~8 % faster
+            return torch.nn.grad.conv2d_input(ctx.input_shape, weight, grad, groups=weight.shape[0]), None
+        k = weight.shape[-1] - 1
+        return _DepthwiseFilter.apply(F.pad(grad, (k, k, k, k)), weight.flip(-2, -1)), None
 
 
 def upsample2d(x: Tensor, f: Tensor) -> Tensor:

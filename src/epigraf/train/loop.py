@@ -8,6 +8,7 @@ step for step.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -16,6 +17,7 @@ import math
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,54 @@ def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     return finite
 
 
+@contextlib.contextmanager
+def timed_phase(timings: dict[str, float] | None, name: str, device: torch.device) -> Iterator[None]:
+    """Adds the wall seconds of the block to ``timings[name]`` and this process's CPU seconds (all threads) to
+    ``timings[name + "_cpu"]`` when timings are asked for (benchmarks); CPU time is what a shared machine's
+    load disturbs least. Waits for CUDA's queued kernels at both ends so that each phase's own kernels count."""
+    if timings is None:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - wall
+    timings[f"{name}_cpu"] = timings.get(f"{name}_cpu", 0.0) + time.process_time() - cpu
+
+
+def training_step(loss: PatchGANLoss, x: PhaseInputs, kimg: float, step: int, G_opt: torch.optim.Optimizer,
+                  D_opt: torch.optim.Optimizer, env: distributed.DistEnv, r1_interval: int,
+                  autocast: contextlib.AbstractContextManager, timings: dict[str, float] | None = None,
+                  ) -> tuple[bool, dict[str, float], Tensor]:
+    """One iteration's optimisation (SPEC §5.4): the G step, the D step, and on every ``r1_interval``-th step
+    the lazy R1 step. Returns (every step was finite, stats, the D step's real logits [b] for ADA).
+    ``timings``, when given, receives the wall seconds of the phases "G", "D" and "R1"."""
+    G, D = loss.G, loss.D
+    g_params, d_params = list(G.parameters()), list(D.parameters())
+    with timed_phase(timings, "G", env.device):
+        G.requires_grad_(True)
+        D.requires_grad_(False)
+        with autocast:
+            g_loss, g_stats = loss.generator_loss(x, kimg)
+        ok = optimizer_step(G_opt, g_params, g_loss, env)
+    with timed_phase(timings, "D", env.device):
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        with autocast:
+            d_loss, real_logits, d_stats = loss.discriminator_loss(x, kimg)
+        ok &= optimizer_step(D_opt, d_params, d_loss, env)
+    if step % r1_interval == 0:
+        with timed_phase(timings, "R1", env.device):
+            with autocast:
+                r1_loss, r1_stats = loss.r1_loss(x, kimg, r1_interval)
+            ok &= optimizer_step(D_opt, d_params, r1_loss, env)
+        d_stats.update(r1_stats)
+    return ok, {**g_stats, **d_stats}, real_logits
+
+
 @torch.no_grad()
 def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
     for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
@@ -328,22 +378,8 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
             real_angles=real_angles.to(device), z=z, fake_c=fake_c, fake_angles=fake_angles,
         )
 
-        G.requires_grad_(True)
-        D.requires_grad_(False)
-        with autocast:
-            g_loss, g_stats = loss.generator_loss(x, kimg)
-        ok = optimizer_step(G_opt, g_params, g_loss, env)
-
-        G.requires_grad_(False)
-        D.requires_grad_(True)
-        with autocast:
-            d_loss, real_logits, d_stats = loss.discriminator_loss(x, kimg)
-        ok &= optimizer_step(D_opt, d_params, d_loss, env)
-        if step % opts.r1_interval == 0:
-            with autocast:
-                r1_loss, r1_stats = loss.r1_loss(x, kimg, opts.r1_interval)
-            ok &= optimizer_step(D_opt, d_params, r1_loss, env)
-            d_stats.update(r1_stats)
+        ok, step_stats, real_logits = training_step(loss, x, kimg, step, G_opt, D_opt, env, opts.r1_interval,
+                                                    autocast)
         if env.enabled:
             G.mapping.w_avg.copy_(distributed.all_reduce_mean(G.mapping.w_avg, env))
 
@@ -354,7 +390,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
         if ada is not None:
             ada.observe(distributed.all_gather_cat(real_logits, env))
             augment.p.fill_(ada.step(float(augment.p)))
-        for k, v in {**g_stats, **d_stats}.items():
+        for k, v in step_stats.items():
             stats[k].append(v)
 
         done = cur_nimg >= opts.kimg * 1000

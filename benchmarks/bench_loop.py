@@ -1,0 +1,154 @@
+"""Steady-state speed of the real training step: consecutive iterations on changing inputs.
+
+    python benchmarks/bench_loop.py [--preset ffhq256] [--batch 4] [--iterations 6] [--warmup 1]
+                                    [--r1-interval 1] [--keep-denormals] [--out benchmarks/results/loop.json]
+
+Each iteration is ``epigraf.train.loop.training_step`` (G step, D step, R1 step on its interval, each an
+Adam step) followed by ``update_ema``, exactly as ``train()`` runs them, on fresh inputs: new real
+images (smooth random images, bilinearly up-sampled 16² noise), new z, new cameras, and the patch
+parameters the loss draws itself. Progress starts at kimg 0 (blur σ = 10, patch scales ≈ 1, NeRF noise
+1), as the reference measurement. ``--r1-interval 1`` (the default) runs R1 every iteration, with weight
+γ/2 per step instead of 16·γ/2 every 16th (the same on average), so every iteration has every phase, as
+``REFERENCE_TIMINGS.md`` counts it.
+
+Prints per-iteration phase times and logits, then per-phase medians over the iterations after the
+warm-up, the iteration time, img/s and the peak resident memory, beside the original's figures
+(a different machine: see ``RESULTS.md`` for how to read the ratio). ``--keep-denormals`` leaves subnormal
+floats on, to show the stall they cause once D saturates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+from pathlib import Path
+
+from epigraf.runtime import denormals_flushed, flush_denormals, tune_cpu_allocator
+
+PHASES = ("G", "D", "R1", "EMA", "iteration")
+ORIGINAL_B4 = {"G": 38.4, "D": 13.3, "R1": 3.5, "iteration": 56.5}  # REFERENCE_TIMINGS.md, batch 4, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="ffhq256")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=1, help="first iterations left out of the medians")
+    parser.add_argument("--r1-interval", type=int, default=1)
+    parser.add_argument("--keep-denormals", action="store_true", help="do not flush subnormal floats to zero")
+    parser.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default allocator settings")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/loop.json"))
+    args = parser.parse_args()
+    if args.iterations <= args.warmup:
+        parser.error(f"--iterations ({args.iterations}) must exceed --warmup ({args.warmup})")
+    if args.r1_interval < 1:
+        parser.error(f"--r1-interval must be ≥ 1, got {args.r1_interval}")
+    # Before any torch operation: torch's worker threads copy the flag from the thread that starts them.
+    flushed = False if args.keep_denormals else flush_denormals()
+    tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
+
+    import torch
+    import torch.nn.functional as F
+    from machine import device_name
+
+    from epigraf.config import preset
+    from epigraf.nn.discriminator import Discriminator
+    from epigraf.nn.generator import Generator
+    from epigraf.runtime import configure_cuda_for_training
+    from epigraf.schedules import adam_settings_for_lazy_reg, ema_beta
+    from epigraf.train.augment import AugmentPipe
+    from epigraf.train.distributed import DistEnv
+    from epigraf.train.loop import timed_phase, training_step, update_ema
+    from epigraf.train.loss import PatchGANLoss, PhaseInputs
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        configure_cuda_for_training()
+    torch.manual_seed(0)
+    cfg = preset(args.preset)
+    G = Generator(cfg.generator).to(device).train()
+    G_ema = Generator(cfg.generator).to(device).eval().requires_grad_(False)
+    G_ema.load_state_dict(G.state_dict())
+    D = Discriminator(cfg.discriminator).to(device).train()
+    loss = PatchGANLoss(cfg, G, D, AugmentPipe().to(device), cfg.r1_gamma, 10.0, 200.0, 0.5, 1000.0)
+    G_opt = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99), eps=1e-8)
+    d_lr, d_betas = adam_settings_for_lazy_reg(0.002, (0.0, 0.99), args.r1_interval)
+    D_opt = torch.optim.Adam(D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8)
+    env = DistEnv(0, 1, device)
+    b, R, c_dim = args.batch, cfg.generator.image_resolution, cfg.generator.c_dim
+
+    def fresh_inputs() -> PhaseInputs:
+        real = F.interpolate(torch.rand(b, 3, 16, 16, device=device) * 2 - 1, size=(R, R), mode="bilinear",
+                             align_corners=True)
+
+        def cameras() -> torch.Tensor:
+            yaw, pitch = torch.randn(b, device=device) * 0.3, 1.5708 + torch.randn(b, device=device) * 0.15
+            return torch.stack([yaw, pitch, torch.zeros_like(yaw)], dim=1)
+
+        return PhaseInputs(real=real, real_c=torch.zeros(b, c_dim, device=device), real_angles=cameras(),
+                           z=torch.randn(b, cfg.generator.z_dim, device=device),
+                           fake_c=torch.zeros(b, c_dim, device=device), fake_angles=cameras())
+
+    records = []
+    cur_nimg = 0
+    for step in range(args.iterations):
+        timings: dict[str, float] = {}
+        x = fresh_inputs()
+        with timed_phase(timings, "iteration", device):
+            ok, stats, _ = training_step(loss, x, cur_nimg / 1000, step, G_opt, D_opt, env, args.r1_interval,
+                                         contextlib.nullcontext(), timings)
+            cur_nimg += b
+            with timed_phase(timings, "EMA", device):
+                update_ema(G_ema, G, ema_beta(b, cur_nimg, b * 0.3125))
+        records.append({"step": step, "finite": ok, **{f"{k}_s": v for k, v in timings.items()},
+                        "scores_fake": stats["scores/fake"], "scores_real": stats["scores/real"],
+                        "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+        phases = " ".join(f"{k} {timings[k]:.2f} ({timings[k + '_cpu']:.1f} cpu)" for k in PHASES if k in timings)
+        print(f"iteration {step}: {phases} s; D logits fake {stats['scores/fake']:+.2f} real "
+              f"{stats['scores/real']:+.2f}; peak RSS {records[-1]['rss_gib']:.1f} GiB", flush=True)
+
+    steady = records[args.warmup:]
+    medians = {k: statistics.median(r[f"{k}_s"] for r in steady if f"{k}_s" in r)
+               for k in [*PHASES, *(f"{p}_cpu" for p in PHASES)] if any(f"{k}_s" in r for r in steady)}
+    first_d = records[0]["D_s"]
+    peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    comparable = args.preset == "ffhq256" and b == 4 and device.type == "cpu" and args.r1_interval == 1
+    env_info = {
+        "device": device_name(device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(), "preset": args.preset, "batch": b, "iterations": args.iterations,
+        "warmup": args.warmup, "r1_interval": args.r1_interval, "malloc_tuning": tuned,
+        "denormals_flushed": flushed and denormals_flushed(), "load_average": os.getloadavg(),
+        "peak_rss_gib": round(peak_rss_gib, 2),
+    }
+    summary = {"medians_s": medians, "img_per_s": b / medians["iteration"],
+               "d_phase_vs_first": [r["D_s"] / first_d for r in records[1:]],
+               "d_phase_cpu_vs_first": [r["D_cpu_s"] / records[0]["D_cpu_s"] for r in records[1:]]}
+    print(f"{args.preset}, batch {b}, {env_info['device']} ({env_info['cpu_capability']}), "
+          f"{env_info['torch_threads']} threads, torch {env_info['torch']}, denormals "
+          f"{'flushed' if env_info['denormals_flushed'] else 'kept'}, load average "
+          f"{' '.join(f'{v:.1f}' for v in env_info['load_average'])}")
+    print(f"medians over iterations {args.warmup}–{args.iterations - 1}: wall s (process CPU s, all threads)")
+    for k in PHASES:
+        if k not in medians:
+            continue
+        orig = ORIGINAL_B4.get(k) if comparable else None
+        print(f"  {k:10s} {medians[k]:8.2f} ({medians[k + '_cpu']:7.2f})"
+              + (f"   original {orig:.1f}, ratio {orig / medians[k]:.2f}×" if orig else ""))
+    print(f"img/s {summary['img_per_s']:.3f}; D phase / first iteration's, wall: "
+          f"{' '.join(f'{v:.2f}' for v in summary['d_phase_vs_first'])}, CPU: "
+          f"{' '.join(f'{v:.2f}' for v in summary['d_phase_cpu_vs_first'])}; "
+          f"peak RSS {peak_rss_gib:.1f} GiB (original: 10.9 GiB at B=4)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"environment": env_info, "summary": summary, "iterations": records}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
