@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from PIL import Image
 
 from epigraf.cameras import Cameras
 from epigraf.config import CameraConfig, ModelConfig
+from epigraf.data.dataset import DatasetWarning, ImageDataset
 from epigraf.nn.generator import Generator
 from epigraf.rays import pixel_grid, world_rays
 from epigraf.train.loop import train
@@ -115,7 +117,9 @@ def sphere_model_config() -> ModelConfig:
 
 
 def learning_options(data: Path, run: Path, seed: int, **overrides) -> TrainOptions:
-    """A short run whose schedules suit it: no blur (its fade-out is hundreds of kimg) and no ADA."""
+    """200 steps of batch 8, with schedules that suit so short a run: no D-input blur (it fades out over
+    hundreds of kimg), no ADA (64 images rendered exactly do not overfit in 200 steps), and R1 every 4th step
+    rather than 16th so that it acts ~50 times; γ is the built-in preset's."""
     base = dict(data=str(data), run=str(run), seed=seed, batch_size=8, kimg=1.6, tick_kimg=100.0, workers=0,
                 snapshot_ticks=1, image_ticks=0, metrics_ticks=0, videos=False, progress=False, augment="none",
                 blur_init_sigma=0.0, r1_gamma=0.05, r1_interval=4)
@@ -150,6 +154,25 @@ def train_and_measure(tmp_path: Path, seed: int, **overrides) -> LearningOutcome
     return LearningOutcome(untrained, trained)
 
 
+def test_histogram_distance_separates_colour_sets():
+    white, red = np.full((4, 8, 8, 3), 255, np.uint8), np.zeros((4, 8, 8, 3), np.uint8)
+    red[..., 0] = 230
+    half = np.concatenate([white[:2], red[:2]])
+    assert histogram_distance(white, white) == 0.0
+    assert histogram_distance(white, red) == 1.0
+    assert histogram_distance(half, white) == pytest.approx(0.5)
+
+
+def test_sphere_dataset_is_a_valid_posed_dataset(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DatasetWarning)  # e.g. a yaw that is not zero-centred
+        dataset = ImageDataset(make_sphere_dataset(tmp_path / "data", num=8), mirror=True)
+    assert dataset.has_cameras and dataset.resolution == RESOLUTION and len(dataset) == 16
+    image = dataset[0].image
+    red = (image[0] > 80) & (image[1] < 60) & (image[2] < 60)
+    assert (image == 255).all(axis=0).mean() > 0.3 and red.mean() > 0.1  # white background, a red sphere
+
+
 def test_rendered_dataset_follows_the_camera_convention():
     """The frontal camera sits on +x looking along −x with image right = world −z: the blue sphere (+z) is on
     the left and up (+y), the green one (−z, −y) right and down."""
@@ -170,7 +193,9 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.slow
 def test_training_moves_fake_colours_toward_the_reals(tmp_path, one_torch_thread):
+    """Training removes most of the untrained fakes' colour distance to the reals (64–80 % for seeds 0–3).
+    Sabotaged runs stay near their start (≤ 5 % with G's or D's loss sign flipped, a D that sees zeros instead
+    of its input, or learning rates 0), so the 40 % bar separates them with a wide margin either side."""
     outcome = train_and_measure(tmp_path, seed=0)
-    assert outcome.moved > 0.5, outcome
+    assert outcome.moved > 0.4, outcome
