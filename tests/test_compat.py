@@ -33,7 +33,8 @@ def _fake_state(entries):
         if e["key"].endswith("resample_filter"):
             state[e["key"]] = fir_filter_2d()
         elif e["key"].endswith("fourier_coefs"):
-            state[e["key"]] = torch.pi * 2.0 ** torch.arange(e["shape"][0]) / 1024
+            n = e["shape"][0]
+            state[e["key"]] = torch.pi * 2.0 ** torch.arange(n) / 2**n
         else:
             state[e["key"]] = torch.empty(e["shape"], device="meta")
     return state
@@ -104,6 +105,22 @@ def test_foreign_key_prefix_and_wrong_constant_buffer_are_rejected(original_fixt
     d["b16.resample_filter"] = torch.ones(4, 4)
     with pytest.raises(ValueError, match=r"b16.resample_filter is not the \[1, 3, 3, 1\]"):
         from_original(original_fixtures.config, None, d)
+
+
+@pytest.mark.parametrize("name, key", [
+    ("condfourier_D", "head_mapping.camera_scalar_enc.fourier_encoder.fourier_coefs"),
+    ("bgsphere_G", "synthesis.bg_model.blocks.0.scalar_enc.fourier_encoder.fourier_coefs"),
+])
+def test_camera_and_background_fourier_buffers_are_checked_and_dropped(original_fixtures, name, key):
+    from safetensors.torch import load_file
+
+    state = load_file(str(original_fixtures.root / f"{name}.safetensors"))
+    assert torch.allclose(state[key], torch.pi * 2.0 ** torch.arange(6) / 64)
+    convert = convert_discriminator_state if name.endswith("_D") else convert_generator_state
+    assert key not in convert(state) and not any("fourier" in k for k in convert(state))
+    state[key] = state[key] * 2
+    with pytest.raises(ValueError, match=r"fourier_coefs differs from the frequencies π·2\^j/2\^6"):
+        convert(state)
 
 
 def test_unsupported_original_options_are_refused(original_fixtures):

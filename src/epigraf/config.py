@@ -40,13 +40,13 @@ class CameraConfig:
 
 @dataclass
 class SphereBackgroundConfig:
-    """NeRF++ inverted-sphere background MLP (SPEC §1.6)."""
+    """NeRF++ inverted-sphere background MLP (SPEC §1.6). ``posenc_period_len`` L also fixes the number of
+    Fourier frequencies, ⌈log2 L⌉ (6 for the default 64), as in the original."""
 
     num_blocks: int = 2
     channel_base: int = 32768
     channel_max: int = 128
     posenc_period_len: float = 64.0
-    num_fourier_freqs: int = 6
     num_steps: int = 8
     start: float = 1.0
     num_ws: int = 4

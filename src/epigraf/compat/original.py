@@ -2,8 +2,8 @@
 
 ``config`` is the flat hyperparameter JSON of ``fixtures/original`` (``tiny_config.json``,
 ``keys_<preset>.json["config"]``). Original keys map to ours by prefix; the original's constant
-buffers (the [1, 3, 3, 1] resampling filters and the patch encoder's Fourier frequencies) are checked
-against the constants our modules compute and then dropped.
+buffers (the [1, 3, 3, 1] resampling filters and the Fourier coefficients of D's patch and camera encoders
+and of the sphere background) are checked against the constants our modules compute and then dropped.
 """
 
 from __future__ import annotations
@@ -26,17 +26,20 @@ from epigraf.config import (
 )
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
-from epigraf.nn.layers import fir_filter_2d
+from epigraf.nn.layers import fir_filter_2d, log_fourier_coefficients
 from epigraf.nn.state import load_state_strict
 
 # (original prefix, our prefix), first match wins.
 G_KEY_PREFIXES = (
     ("synthesis.tri_plane_decoder.", "synthesis.blocks."),
     ("synthesis.tri_plane_mlp.", "field.mlp."),
+    ("synthesis.bg_model.", "background."),
     ("mapping.", "mapping."),
 )
 D_KEY_PREFIXES = (("", ""),)
-FOURIER_COEFS_KEY = "scalar_enc.fourier_encoder.fourier_coefs"
+# The Fourier coefficient buffers of the original's scalar encoders: D's patch encoder, D's camera encoder
+# and the sphere background's coordinate encoder. Our modules compute their frequencies.
+FOURIER_COEFS_SUFFIX = "fourier_encoder.fourier_coefs"
 
 
 def _require(config: Mapping[str, Any], key: str) -> Any:
@@ -146,10 +149,10 @@ def _convert(state: Mapping[str, Tensor], prefixes: tuple[tuple[str, str], ...],
             if tuple(value.shape) != tuple(fir.shape) or not torch.allclose(value.float(), fir, atol=1e-7):
                 raise ValueError(f"{what}: {key} is not the [1, 3, 3, 1] resampling filter this model uses")
             continue
-        if key == FOURIER_COEFS_KEY:
-            expected = math.pi * 2.0 ** torch.arange(value.numel()) / 1024
-            if not torch.allclose(value.float(), expected, rtol=1e-6):
-                raise ValueError(f"{what}: {key} differs from the frequencies π·2^j/1024 this model uses")
+        if key.endswith(FOURIER_COEFS_SUFFIX):
+            n = value.numel()
+            if value.ndim != 1 or not torch.allclose(value.float(), log_fourier_coefficients(2**n), rtol=1e-6):
+                raise ValueError(f"{what}: {key} differs from the frequencies π·2^j/2^{n} (j < {n}) this model uses")
             continue
         for old, new in prefixes:
             if key.startswith(old):

@@ -58,7 +58,7 @@ class PatchParamsLike(Protocol):
 
 def discriminator_key_map(original_key: str) -> str | None:
     """Our state-dict key for an original D key; ``None`` for the constant buffers we recompute."""
-    if original_key.endswith("resample_filter") or original_key == "scalar_enc.fourier_encoder.fourier_coefs":
+    if original_key.endswith(("resample_filter", "fourier_encoder.fourier_coefs")):
         return None
     return original_key
 
