@@ -8,15 +8,21 @@ untested cases.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from conftest import FIXTURE_TOL, OriginalFixtures, load_original_set, rel_err
 from epigraf.cameras import Cameras
-from epigraf.compat.original import from_original
+from epigraf.checkpoint import load_checkpoint
+from epigraf.cli import main
+from epigraf.compat.original import convert_generator_state, from_original, model_config
+from epigraf.inference import without_background
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.field import query_triplanes, split_planes
 from epigraf.nn.generator import Generator
@@ -25,8 +31,11 @@ from epigraf.patches import PatchParams, extract_patches
 from epigraf.rays import camera_directions, patch_grid, pixel_grid, points_along_rays, world_rays
 from epigraf.render.compositing import composite
 from epigraf.render.samplers import coarse_depths, importance_depths, sample_pdf
+from epigraf.viewer import Renderer
+from epigraf.viewer.params import parse_frame
 
 SETS = ("condfourier", "condraw", "bgsphere")
+SNAPSHOT_SETS = ("condfourier", "bgsphere")  # the sets that come with a snapshot pickle
 
 Runner = Callable[[OriginalFixtures, Generator, Discriminator], dict[str, Tensor]]
 
@@ -204,8 +213,7 @@ def loaded(request):
     return fx, G, D
 
 
-def test_every_case_matches_the_original(loaded):
-    fx, G, D = loaded
+def _assert_every_case_matches(fx: OriginalFixtures, G: Generator, D: Discriminator) -> None:
     assert set(fx.cases) <= set(RUNNERS), f"cases without a runner: {sorted(set(fx.cases) - set(RUNNERS))}"
     errors = {}
     with torch.no_grad():
@@ -215,3 +223,72 @@ def test_every_case_matches_the_original(loaded):
             errors.update({f"{name}.{k}": rel_err(ours[k], ref[k]) for k in ref})
     worst = max(errors, key=errors.get)
     assert errors[worst] < FIXTURE_TOL, (worst, errors[worst])
+
+
+def test_every_case_matches_the_original(loaded):
+    _assert_every_case_matches(*loaded)
+
+
+@pytest.fixture(scope="module", params=SNAPSHOT_SETS)
+def imported(request, tmp_path_factory):
+    """The set's snapshot pickle through `epigraf import`, hyperparameters read from the pickle itself."""
+    fx = load_original_set(request.param)
+    out = tmp_path_factory.mktemp("import") / f"{request.param}.safetensors"
+    assert main(["import", str(fx.root / f"{request.param}_snapshot.pkl"), "--out", str(out)]) == 0
+    return fx, out, load_checkpoint(out)
+
+
+def test_imported_snapshot_round_trips(imported):
+    fx, _, ckpt = imported
+    assert ckpt.metadata["config_source"] == "snapshot"
+    assert ckpt.config.generator == model_config(fx.config).generator
+    assert ckpt.config.discriminator == model_config(fx.config).discriminator
+    _assert_every_case_matches(fx, ckpt.G_ema, ckpt.D)
+    # The training G is the pickle's own, bit for bit, and not a copy of G_ema.
+    name = fx.config["name"]
+    ref_g = convert_generator_state(load_file(str(fx.root / f"{name}_snapshot_G.safetensors")))
+    ours = ckpt.G.state_dict()
+    assert set(ours) == set(ref_g) and all(torch.equal(ours[k], ref_g[k]) for k in ours)
+    assert not all(torch.equal(ours[k], ckpt.G_ema.state_dict()[k]) for k in ours)
+
+
+def test_commands_run_on_the_imported_checkpoint(imported, tmp_path, capsys):
+    fx, path, ckpt = imported
+    common = ["--checkpoint", str(path), "--seeds", "0", "--resolution", "16", "--ray-step-multiplier", "1"]
+    assert main(["generate", *common, "--depth", "--out", str(tmp_path / "gen")]) == 0
+    assert (tmp_path / "gen" / "seed0000.png").is_file() and (tmp_path / "gen" / "seed0000_depth.png").is_file()
+    assert main(["video", *common, "--frames", "2", "--format", "gif", "--out", str(tmp_path / "vid")]) == 0
+    assert len(list((tmp_path / "vid").glob("*.gif"))) == 1
+    assert main(["mesh", "--checkpoint", str(path), "--seeds", "0", "--resolution", "16", "--formats", "ply",
+                 "--out", str(tmp_path / "mesh")]) == 0
+    assert (tmp_path / "mesh" / "seed0000.ply").stat().st_size > 0
+    renderer = Renderer(ckpt.G_ema, max_resolution=16)
+    image, _ = renderer.render(parse_frame("seed=0&res=16&steps=1", renderer.limits)[0])
+    assert image.shape == (16, 16, 3)
+    if fx.config["bg_model"] is None:
+        assert main(["generate", *common, "--no-background", "--out", str(tmp_path / "nobg")]) == 2
+        assert "--no-background: this model has no background model" in capsys.readouterr().err
+    else:
+        assert main(["generate", *common, "--no-background", "--out", str(tmp_path / "nobg")]) == 0
+        assert (tmp_path / "nobg" / "seed0000.png").read_bytes() != (tmp_path / "gen" / "seed0000.png").read_bytes()
+
+
+def test_sphere_background_is_drawn_and_can_be_left_out():
+    fx = load_original_set("bgsphere")
+    G, _ = from_original(fx.config, fx.g_state)
+    # Black backdrop, so a background that contributes nothing leaves exactly the foreground.
+    G.cfg = dataclasses.replace(G.cfg, render=dataclasses.replace(G.cfg.render, white_back=False))
+    x = fx.inputs("render_full")
+    with torch.no_grad():
+        def render(net: Generator):
+            return net(x["z"], None, x["camera_angles"], resolution=16, deterministic=True)
+
+        full, fg = render(G), render(without_background(G))
+        assert torch.equal(full.depth, fg.depth) and torch.equal(full.opacity, fg.opacity)
+        assert (full.image - fg.image).abs().max() > 1e-2  # the background shows through
+        empty = copy.deepcopy(G)
+        for block in empty.background.blocks:
+            block.to_out.weight.zero_()
+            block.to_out.bias.zero_()
+        assert torch.allclose(render(empty).image, fg.image, atol=1e-6)
+    assert G.cfg.render.draw_background  # the view left G alone

@@ -63,6 +63,9 @@ class RenderConfig:
     clamp_mode: str = "softplus"
     background: str | None = None
     sphere: SphereBackgroundConfig = field(default_factory=SphereBackgroundConfig)
+    # False renders the foreground alone (a background model's short last interval kept), as the original's
+    # foreground/background separation figures do.
+    draw_background: bool = True
     chunk_rays: int = 128 * 128
 
     def __post_init__(self) -> None:

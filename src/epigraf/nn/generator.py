@@ -178,7 +178,9 @@ class Generator(nn.Module):
             return x.transpose(1, 2).reshape(b, x.shape[-1], res, res)
 
         image = to_image(rays.color)
-        if rcfg.background == "plane":
+        if not rcfg.draw_background:
+            pass
+        elif rcfg.background == "plane":
             image = image + self._plane_background(planes, patch_params, res) * to_image(rays.final_transmittance)
         elif rcfg.background == "sphere":
             if ws is None:
