@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -130,3 +131,34 @@ def test_unsupported_original_options_are_refused(original_fixtures):
         from_original({k: v for k, v in original_fixtures.config.items() if k != "fov"})
     with pytest.raises(ValueError, match="declares num_ws 9"):
         from_original({**original_fixtures.config, "num_ws": 9})
+
+
+def test_pose_cond_flag_builds_the_original_posed_ffhq512(original_fixtures):
+    """`epigraf train --preset ffhq512 --pose-cond` = the original's FFHQ-512 with a Fourier pose-conditioned D
+    (drop p 0.5) and GPC: keys, shapes and parameter counts of keys_ffhq512posecond.json."""
+    from types import SimpleNamespace
+
+    from epigraf.cli import build_parser
+    from epigraf.train.loop import model_config_for
+    from epigraf.train.options import TrainOptions, options_from_args
+
+    keys = _keys_file(original_fixtures, "ffhq512posecond")
+    args = build_parser().parse_args(["train", "--preset", "ffhq512", "--pose-cond"])
+    opts = options_from_args(args, TrainOptions)
+    posed_faces = SimpleNamespace(resolution=512, c_dim=0, has_cameras=True, mean_camera_pose=None)
+    cfg = model_config_for(opts, posed_faces, preset("ffhq512"))
+    assert cfg.generator.camera_cond and cfg.discriminator.camera_cond
+    assert not cfg.discriminator.camera_cond_raw and cfg.discriminator.camera_cond_drop_p == 0.5
+    original = model_config(keys["config"]).generator  # its mean pose is the float32 buffer value
+    assert cfg.generator.mean_camera_pose == pytest.approx(original.mean_camera_pose)
+    assert dataclasses.replace(cfg.generator, mean_camera_pose=original.mean_camera_pose) == original
+    assert cfg.discriminator == model_config(keys["config"]).discriminator
+    with torch.device("meta"):
+        G, D = Generator(cfg.generator), Discriminator(cfg.discriminator)
+    for net, entries, convert in ((G, keys["G"], convert_generator_state), (D, keys["D"], convert_discriminator_state)):
+        converted = {k: tuple(v.shape) for k, v in convert(_fake_state(entries["entries"])).items()}
+        assert converted == {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        assert sum(p.numel() for p in net.parameters()) == entries["num_parameters"]
+    without = model_config_for(options_from_args(build_parser().parse_args(["train", "--preset", "ffhq512"]),
+                                                 TrainOptions), posed_faces, preset("ffhq512"))
+    assert not without.generator.camera_cond and not without.discriminator.camera_cond

@@ -31,8 +31,11 @@ from epigraf.patches import PatchParams, extract_patches
 from epigraf.rays import camera_directions, patch_grid, pixel_grid, points_along_rays, world_rays
 from epigraf.render.compositing import composite
 from epigraf.render.samplers import coarse_depths, importance_depths, sample_pdf
+from epigraf.train.loop import train
 from epigraf.viewer import Renderer
 from epigraf.viewer.params import parse_frame
+from test_checkpoint import tiny_model_config
+from test_train import make_dataset, options
 
 SETS = ("condfourier", "condraw", "bgsphere")
 SNAPSHOT_SETS = ("condfourier", "bgsphere")  # the sets that come with a snapshot pickle
@@ -292,3 +295,14 @@ def test_sphere_background_is_drawn_and_can_be_left_out():
             block.to_out.bias.zero_()
         assert torch.allclose(render(empty).image, fg.image, atol=1e-6)
     assert G.cfg.render.draw_background  # the view left G alone
+
+
+def test_pose_cond_trains_a_fourier_pose_conditioned_d_with_gpc(tmp_path):
+    make_dataset(tmp_path / "data")
+    result = train(options(tmp_path, kimg=0.008, pose_cond=True), tiny_model_config())
+    ckpt = load_checkpoint(sorted(result.run_dir.glob("network-*.safetensors"))[-1])
+    d, g = ckpt.config.discriminator, ckpt.config.generator
+    assert d.camera_cond and not d.camera_cond_raw and d.camera_cond_drop_p == 0.5 and g.camera_cond
+    assert ckpt.D.head_mapping.embed.in_features == 828 + 24  # patch embedding + Fourier camera features
+    assert ckpt.G.mapping.camera_cond
+    assert all(torch.isfinite(p).all() for p in ckpt.D.parameters())
