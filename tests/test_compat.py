@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
 
 from epigraf.compat.original import (
+    UNSUPPORTED_OPTIONS,
     convert_discriminator_state,
     convert_generator_state,
     from_original,
@@ -125,7 +128,7 @@ def test_camera_and_background_fourier_buffers_are_checked_and_dropped(original_
 
 
 def test_unsupported_original_options_are_refused(original_fixtures):
-    with pytest.raises(ValueError, match="only the 'stylegan2' tri-plane backbone"):
+    with pytest.raises(ValueError, match="original option backbone = 'stylegan3-r' is not supported"):
         from_original({**original_fixtures.config, "backbone": "stylegan3-r"})
     with pytest.raises(ValueError, match="lacks 'fov'"):
         from_original({k: v for k, v in original_fixtures.config.items() if k != "fov"})
@@ -162,3 +165,25 @@ def test_pose_cond_flag_builds_the_original_posed_ffhq512(original_fixtures):
     without = model_config_for(options_from_args(build_parser().parse_args(["train", "--preset", "ffhq512"]),
                                                  TrainOptions), posed_faces, preset("ffhq512"))
     assert not without.generator.camera_cond and not without.discriminator.camera_cond
+
+
+UNSUPPORTED_VALUES = {
+    "backbone": "raw_planes", "img_channels": 4, "has_view_cond": True, "posenc_period_len": 64,
+    "bg_model.fmm.enabled": True, "bg_model.output_channels": 7, "bg_model.coord_dim": 3, "bg_model.type": "cube",
+}
+
+
+@pytest.mark.parametrize("option", [*(o[0] for o in UNSUPPORTED_OPTIONS), "bg_model.type"])
+def test_every_unsupported_original_option_is_refused_by_name(option):
+    """Starting from the sphere-background set (which loads), one option changed → a one-line error naming it."""
+    from conftest import load_original_set
+
+    config = copy.deepcopy(load_original_set("bgsphere").config)
+    *parents, leaf = option.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[leaf] = UNSUPPORTED_VALUES[option]
+    with pytest.raises(ValueError, match=rf"^original option {re.escape(option)} = .* is not supported") as err:
+        from_original(config)
+    assert "\n" not in str(err.value)

@@ -48,17 +48,47 @@ def _require(config: Mapping[str, Any], key: str) -> Any:
     return config[key]
 
 
+# Options of the original's model configs that we do not build: (flat-config path, value of the original's
+# default, i.e. the only one we support, what the option does). Anything else is refused by name.
+UNSUPPORTED_OPTIONS = (
+    ("backbone", "stylegan2", "the tri-plane decoder; stylegan3-r and raw_planes are experiments"),
+    ("img_channels", 3, "image channels"),
+    ("has_view_cond", False, "a view-direction input to the tri-plane MLP (tri_plane.has_view_cond)"),
+    ("posenc_period_len", 0, "Fourier features of the points in the tri-plane MLP (tri_plane.posenc_period_len)"),
+    ("bg_model.fmm.enabled", False, "factorised multiplicative modulation of the sphere background"),
+    ("bg_model.output_channels", 4, "channels of the sphere background's output (rgb + density)"),
+    ("bg_model.coord_dim", 4, "coordinates of the sphere background's input (x', y', z', 1/r)"),
+)
+
+
+def _option(config: Mapping[str, Any], path: str, default: Any) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or node.get(part) is None:
+            return default
+        node = node[part]
+    return node
+
+
+def check_supported(config: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first option of an original hyperparameter dict that we cannot build."""
+    for path, supported, what in UNSUPPORTED_OPTIONS:
+        if path.startswith("bg_model.") and _option(config, "bg_model.type", None) != "sphere":
+            continue
+        value = _option(config, path, supported)
+        if value != supported:
+            raise ValueError(f"original option {path} = {value!r} is not supported (only {supported!r}): {what}")
+    bg_type = _option(config, "bg_model.type", None)
+    if bg_type not in (None, "sphere", "plane"):
+        raise ValueError(f"original option bg_model.type = {bg_type!r} is not supported (null, 'sphere' or 'plane')")
+
+
 def generator_config(config: Mapping[str, Any]) -> GeneratorConfig:
     """GeneratorConfig equivalent to an original hyperparameter dict."""
-    if config.get("backbone", "stylegan2") != "stylegan2":
-        raise ValueError(f"only the 'stylegan2' tri-plane backbone is supported, got {config['backbone']!r}")
-    if config.get("has_view_cond") or config.get("posenc_period_len"):
-        raise ValueError("view-conditioned or positionally encoded tri-plane MLPs are not supported")
+    check_supported(config)
     bg = config.get("bg_model") or {}
     sphere = SphereBackgroundConfig()
     if bg.get("type") == "sphere":
-        if (bg.get("fmm") or {}).get("enabled") or bg.get("output_channels", 4) != 4 or bg.get("coord_dim", 4) != 4:
-            raise ValueError("sphere backgrounds with factorised modulation or non-default channels are not supported")
         sphere = SphereBackgroundConfig(
             num_blocks=bg.get("num_blocks", sphere.num_blocks), channel_base=bg.get("cbase", sphere.channel_base),
             channel_max=bg.get("cmax", sphere.channel_max),
