@@ -35,6 +35,7 @@ from epigraf.train.loop import train
 from epigraf.viewer import Renderer
 from epigraf.viewer.params import parse_frame
 from test_checkpoint import tiny_model_config
+from test_generator import tiny_generator_config
 from test_train import make_dataset, options
 
 SETS = ("condfourier", "condraw", "bgsphere")
@@ -295,6 +296,20 @@ def test_sphere_background_is_drawn_and_can_be_left_out():
             block.to_out.bias.zero_()
         assert torch.allclose(render(empty).image, fg.image, atol=1e-6)
     assert G.cfg.render.draw_background  # the view left G alone
+
+
+
+def test_plane_background_can_be_left_out_too():
+    torch.manual_seed(0)
+    G = Generator(tiny_generator_config(background="plane")).eval()
+    z, angles = torch.randn(1, 16), torch.tensor([[0.3, 1.3, 0.0]])
+    with torch.no_grad():
+        full, fg = (net(z, None, angles, deterministic=True) for net in (G, without_background(G)))
+        assert torch.equal(full.depth, fg.depth) and (full.image - fg.image).abs().max() > 1e-3
+        for block in G.synthesis.blocks.values():  # the 3 backdrop channels of every to-planes layer → 0
+            block.torgb.weight[24:] = 0
+            block.torgb.bias[24:] = 0
+        assert torch.allclose(G(z, None, angles, deterministic=True).image, fg.image, atol=1e-6)
 
 
 def test_pose_cond_trains_a_fourier_pose_conditioned_d_with_gpc(tmp_path):
