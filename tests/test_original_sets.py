@@ -233,6 +233,19 @@ def test_every_case_matches_the_original(loaded):
     _assert_every_case_matches(*loaded)
 
 
+
+@pytest.mark.parametrize("name", SETS)
+def test_state_dict_files_import_with_their_config(name, tmp_path):
+    """`epigraf import <set>_G.safetensors --config <set>_config.json` gives the networks from_original builds."""
+    fx = load_original_set(name)
+    out = tmp_path / "net.safetensors"
+    assert main(["import", str(fx.root / f"{name}_G.safetensors"), "--config", str(fx.root / f"{name}_config.json"),
+                 "--out", str(out)]) == 0
+    G, _ = from_original(fx.config, fx.g_state)
+    ours = load_checkpoint(out).G_ema.state_dict()
+    assert set(ours) == set(G.state_dict()) and all(torch.equal(v, ours[k]) for k, v in G.state_dict().items())
+
+
 @pytest.fixture(scope="module", params=SNAPSHOT_SETS)
 def imported(request, tmp_path_factory):
     """The set's snapshot pickle through `epigraf import`, hyperparameters read from the pickle itself."""
