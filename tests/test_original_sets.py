@@ -327,7 +327,7 @@ def test_plane_background_can_be_left_out_too():
 
 def test_pose_cond_trains_a_fourier_pose_conditioned_d_with_gpc(tmp_path):
     make_dataset(tmp_path / "data")
-    result = train(options(tmp_path, kimg=0.008, pose_cond=True), tiny_model_config())
+    result = train(options(tmp_path, kimg=0.004, tick_kimg=0.004, pose_cond=True), tiny_model_config())
     ckpt = load_checkpoint(sorted(result.run_dir.glob("network-*.safetensors"))[-1])
     d, g = ckpt.config.discriminator, ckpt.config.generator
     assert d.camera_cond and not d.camera_cond_raw and d.camera_cond_drop_p == 0.5 and g.camera_cond
