@@ -71,12 +71,18 @@ class OriginalFixtures:
         return dict(self.cases[case]["kwargs"])
 
 
-@pytest.fixture(scope="session")
-def original_fixtures() -> OriginalFixtures:
+def original_fixtures_root() -> Path:
+    """The fixture folder; skips the calling test only when it does not exist."""
     root = Path(os.environ.get("EPIGRAF_FIXTURES", DEFAULT_FIXTURES))
     if not root.is_dir():
         pytest.skip(f"original fixtures not found at {root} (set EPIGRAF_FIXTURES)")
-    index = json.loads((root / "tiny_cases_public.json").read_text())
+    return root
+
+
+def load_original_set(name: str) -> OriginalFixtures:
+    """One fixture set of the original (``tiny``, ``condfourier``, ``condraw``, ``bgsphere``, …)."""
+    root = original_fixtures_root()
+    index = json.loads((root / f"{name}_cases_public.json").read_text())
     return OriginalFixtures(
         root=root,
         config=json.loads((root / index["config"]).read_text()),
@@ -85,6 +91,11 @@ def original_fixtures() -> OriginalFixtures:
         tensors=_load_tensors(root / index["tensors"]),
         cases={case["name"]: case for case in index["cases"]},
     )
+
+
+@pytest.fixture(scope="session")
+def original_fixtures() -> OriginalFixtures:
+    return load_original_set("tiny")
 
 
 @pytest.fixture(name="rel_err")

@@ -26,16 +26,35 @@ def _model(generator: torch.Generator, **cfg) -> tuple[SphereBackground, torch.T
     return model, ws
 
 
-def test_architecture_defaults(torch_generator):
+def test_architecture_defaults_follow_the_original(torch_generator):
     model, _ = _model(torch_generator)
     assert model.num_ws == 4
-    assert model.input_layer.in_features == 48
-    assert [(blk.fc0.out_features, blk.fc1.out_features, blk.to_out.out_features) for blk in model.blocks] == [
-        (128, 128, 4),
-        (128, 128, 4),
-    ]
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # The original's bg_model keys and shapes (fixtures/original/bgsphere_G.safetensors, w_dim 32).
+    assert shapes["blocks.0.conv1.weight"] == (128, 48)
+    assert shapes["blocks.0.conv1.affine.weight"] == (48, W_DIM)
+    assert shapes["blocks.0.to_out.weight"] == (4, 128)
+    assert "blocks.0.conv0.weight" not in shapes
+    assert shapes["blocks.1.conv0.weight"] == shapes["blocks.1.conv1.weight"] == (128, 128)
+    assert torch.allclose(model.frequencies, torch.pi * 2.0 ** torch.arange(6))
     with pytest.raises(ValueError, match="w slots"):
         SphereBackground(SphereBackgroundConfig(num_ws=5), W_DIM)
+    with pytest.raises(ValueError, match="posenc_period_len must be > 1"):
+        SphereBackground(SphereBackgroundConfig(posenc_period_len=1.0), W_DIM)
+
+
+def test_slots_are_shared_as_in_stylegan(torch_generator):
+    """Block 0: conv1 ← 0, to_out ← 1; block 1: conv0 ← 1, conv1 ← 2, to_out ← 3."""
+    model, ws = _model(torch_generator)
+    seen = []
+    for i, block in enumerate(model.blocks):
+        for name in ("conv0", "conv1", "to_out"):
+            if hasattr(block, name):
+                getattr(block, name).affine.register_forward_hook(
+                    lambda mod, args, out, tag=(i, name): seen.append((tag, args[0])))
+    model.inr(torch.rand(2, 3, 4), ws)
+    slot_of = {tag: next(s for s in range(4) if torch.equal(w, ws[:, s])) for tag, w in seen}
+    assert slot_of == {(0, "conv1"): 0, (0, "to_out"): 1, (1, "conv0"): 1, (1, "conv1"): 2, (1, "to_out"): 3}
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import re
 
 import pytest
 import torch
 
 from epigraf.compat.original import (
+    UNSUPPORTED_OPTIONS,
     convert_discriminator_state,
     convert_generator_state,
     from_original,
@@ -33,7 +37,8 @@ def _fake_state(entries):
         if e["key"].endswith("resample_filter"):
             state[e["key"]] = fir_filter_2d()
         elif e["key"].endswith("fourier_coefs"):
-            state[e["key"]] = torch.pi * 2.0 ** torch.arange(e["shape"][0]) / 1024
+            n = e["shape"][0]
+            state[e["key"]] = torch.pi * 2.0 ** torch.arange(n) / 2**n
         else:
             state[e["key"]] = torch.empty(e["shape"], device="meta")
     return state
@@ -106,10 +111,79 @@ def test_foreign_key_prefix_and_wrong_constant_buffer_are_rejected(original_fixt
         from_original(original_fixtures.config, None, d)
 
 
+@pytest.mark.parametrize("name, key", [
+    ("condfourier_D", "head_mapping.camera_scalar_enc.fourier_encoder.fourier_coefs"),
+    ("bgsphere_G", "synthesis.bg_model.blocks.0.scalar_enc.fourier_encoder.fourier_coefs"),
+])
+def test_camera_and_background_fourier_buffers_are_checked_and_dropped(original_fixtures, name, key):
+    from safetensors.torch import load_file
+
+    state = load_file(str(original_fixtures.root / f"{name}.safetensors"))
+    assert torch.allclose(state[key], torch.pi * 2.0 ** torch.arange(6) / 64)
+    convert = convert_discriminator_state if name.endswith("_D") else convert_generator_state
+    assert key not in convert(state) and not any("fourier" in k for k in convert(state))
+    state[key] = state[key] * 2
+    with pytest.raises(ValueError, match=r"fourier_coefs differs from the frequencies π·2\^j/2\^6"):
+        convert(state)
+
+
 def test_unsupported_original_options_are_refused(original_fixtures):
-    with pytest.raises(ValueError, match="only the 'stylegan2' tri-plane backbone"):
+    with pytest.raises(ValueError, match="original option backbone = 'stylegan3-r' is not supported"):
         from_original({**original_fixtures.config, "backbone": "stylegan3-r"})
     with pytest.raises(ValueError, match="lacks 'fov'"):
         from_original({k: v for k, v in original_fixtures.config.items() if k != "fov"})
     with pytest.raises(ValueError, match="declares num_ws 9"):
         from_original({**original_fixtures.config, "num_ws": 9})
+
+
+def test_pose_cond_flag_builds_the_original_posed_ffhq512(original_fixtures):
+    """`epigraf train --preset ffhq512 --pose-cond` = the original's FFHQ-512 with a Fourier pose-conditioned D
+    (drop p 0.5) and GPC: keys, shapes and parameter counts of keys_ffhq512posecond.json."""
+    from types import SimpleNamespace
+
+    from epigraf.cli import build_parser
+    from epigraf.train.loop import model_config_for
+    from epigraf.train.options import TrainOptions, options_from_args
+
+    keys = _keys_file(original_fixtures, "ffhq512posecond")
+    args = build_parser().parse_args(["train", "--preset", "ffhq512", "--pose-cond"])
+    opts = options_from_args(args, TrainOptions)
+    posed_faces = SimpleNamespace(resolution=512, c_dim=0, has_cameras=True, mean_camera_pose=None)
+    cfg = model_config_for(opts, posed_faces, preset("ffhq512"))
+    assert cfg.generator.camera_cond and cfg.discriminator.camera_cond
+    assert not cfg.discriminator.camera_cond_raw and cfg.discriminator.camera_cond_drop_p == 0.5
+    original = model_config(keys["config"]).generator  # its mean pose is the float32 buffer value
+    assert cfg.generator.mean_camera_pose == pytest.approx(original.mean_camera_pose)
+    assert dataclasses.replace(cfg.generator, mean_camera_pose=original.mean_camera_pose) == original
+    assert cfg.discriminator == model_config(keys["config"]).discriminator
+    with torch.device("meta"):
+        G, D = Generator(cfg.generator), Discriminator(cfg.discriminator)
+    for net, entries, convert in ((G, keys["G"], convert_generator_state), (D, keys["D"], convert_discriminator_state)):
+        converted = {k: tuple(v.shape) for k, v in convert(_fake_state(entries["entries"])).items()}
+        assert converted == {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        assert sum(p.numel() for p in net.parameters()) == entries["num_parameters"]
+    without = model_config_for(options_from_args(build_parser().parse_args(["train", "--preset", "ffhq512"]),
+                                                 TrainOptions), posed_faces, preset("ffhq512"))
+    assert not without.generator.camera_cond and not without.discriminator.camera_cond
+
+
+UNSUPPORTED_VALUES = {
+    "backbone": "raw_planes", "img_channels": 4, "has_view_cond": True, "posenc_period_len": 64,
+    "bg_model.fmm.enabled": True, "bg_model.output_channels": 7, "bg_model.coord_dim": 3, "bg_model.type": "cube",
+}
+
+
+@pytest.mark.parametrize("option", [*(o[0] for o in UNSUPPORTED_OPTIONS), "bg_model.type"])
+def test_every_unsupported_original_option_is_refused_by_name(option):
+    """Starting from the sphere-background set (which loads), one option changed → a one-line error naming it."""
+    from conftest import load_original_set
+
+    config = copy.deepcopy(load_original_set("bgsphere").config)
+    *parents, leaf = option.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[leaf] = UNSUPPORTED_VALUES[option]
+    with pytest.raises(ValueError, match=rf"^original option {re.escape(option)} = .* is not supported") as err:
+        from_original(config)
+    assert "\n" not in str(err.value)

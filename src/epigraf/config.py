@@ -40,13 +40,13 @@ class CameraConfig:
 
 @dataclass
 class SphereBackgroundConfig:
-    """NeRF++ inverted-sphere background MLP (SPEC §1.6)."""
+    """NeRF++ inverted-sphere background MLP (SPEC §1.6). ``posenc_period_len`` L also fixes the number of
+    Fourier frequencies, ⌈log2 L⌉ (6 for the default 64), as in the original."""
 
     num_blocks: int = 2
     channel_base: int = 32768
     channel_max: int = 128
     posenc_period_len: float = 64.0
-    num_fourier_freqs: int = 6
     num_steps: int = 8
     start: float = 1.0
     num_ws: int = 4
@@ -63,6 +63,9 @@ class RenderConfig:
     clamp_mode: str = "softplus"
     background: str | None = None
     sphere: SphereBackgroundConfig = field(default_factory=SphereBackgroundConfig)
+    # False renders the foreground alone (a background model's short last interval kept), as the original's
+    # foreground/background separation figures do.
+    draw_background: bool = True
     chunk_rays: int = 128 * 128
 
     def __post_init__(self) -> None:

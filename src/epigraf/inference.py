@@ -29,20 +29,32 @@ DEFAULT_TRUNCATION = 0.7
 DEFAULT_RAY_STEP_MULTIPLIER = 2
 
 
-def with_ray_steps(G: Generator, multiplier: int) -> Generator:
-    """A view of ``G`` that renders with ``num_ray_steps × multiplier`` coarse (and as many fine) samples.
+def _with_render(G: Generator, **changes) -> Generator:
+    """A shallow copy of ``G`` whose ``cfg.render`` has ``changes``: every parameter, buffer and sub-module
+    is G's own (no weights copied, later weight updates show through), so G and its config are untouched."""
+    view = copy.copy(G)
+    view.cfg = dataclasses.replace(G.cfg, render=dataclasses.replace(G.cfg.render, **changes))
+    return view
 
-    The view is a shallow copy: every parameter, buffer and sub-module is G's own (no weights copied, later
-    weight updates show through); only ``cfg`` is a new object, so G and its config are left untouched.
-    """
+
+def with_ray_steps(G: Generator, multiplier: int) -> Generator:
+    """A view of ``G`` that renders with ``num_ray_steps × multiplier`` coarse (and as many fine) samples."""
     if multiplier < 1:
         raise ValueError(f"--ray-step-multiplier must be ≥ 1, got {multiplier}")
     if multiplier == 1:
         return G
-    view = copy.copy(G)
-    render = dataclasses.replace(G.cfg.render, num_ray_steps=G.cfg.render.num_ray_steps * multiplier)
-    view.cfg = dataclasses.replace(G.cfg, render=render)
-    return view
+    return _with_render(G, num_ray_steps=G.cfg.render.num_ray_steps * multiplier)
+
+
+def without_background(G: Generator) -> Generator:
+    """A view of ``G`` that renders its foreground alone: the background model is not composited behind it.
+
+    The foreground keeps the short last interval it was trained with, so what the background would fill
+    stays empty (0, or white with ``white_back``), as in the original's foreground/background figures.
+    """
+    if G.cfg.render.background is None:
+        raise ValueError("--no-background: this model has no background model (sphere or plane) to leave out")
+    return _with_render(G, draw_background=False)
 
 
 @torch.no_grad()

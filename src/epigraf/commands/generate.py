@@ -26,6 +26,7 @@ from epigraf.inference import (
     render_all,
     render_batches,
     with_ray_steps,
+    without_background,
 )
 from epigraf.latents import parse_seeds, seed_classes, seeds_to_ws
 from epigraf.nn.generator import Generator, GeneratorOutput
@@ -59,6 +60,14 @@ def add_render_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random", action="store_true",
                    help="the original's random ray sampling (jitter, importance samples) instead of deterministic")
     p.add_argument("--batch-size", type=int, default=16, help="views rendered per batch")
+    p.add_argument("--no-background", action="store_true",
+                   help="leave out the background model (sphere or plane): the foreground alone")
+
+
+def render_view(G: Generator, args: argparse.Namespace) -> Generator:
+    """G as the render flags ask: ray steps × ``--ray-step-multiplier``, without background if asked."""
+    G = with_ray_steps(G, args.ray_step_multiplier)
+    return without_background(G) if args.no_background else G
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -115,7 +124,7 @@ def _maps(out: GeneratorOutput, fov: torch.Tensor, G: Generator, args: argparse.
 def run(args: argparse.Namespace) -> int:
     check_resolution(args.resolution)
     G, seeds, ws = prepare(args)
-    G = with_ray_steps(G, args.ray_step_multiplier)
+    G = render_view(G, args)
     cam = G.cfg.camera
     fov = cam.fov if args.fov is None else args.fov
     radius = cam.radius if args.radius is None else args.radius

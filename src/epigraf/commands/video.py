@@ -20,10 +20,11 @@ from epigraf.commands.generate import (
     add_render_arguments,
     check_resolution,
     prepare,
+    render_view,
 )
 from epigraf.export.images import image_grid, to_uint8
 from epigraf.export.video import resolve_format, video_path, write_video
-from epigraf.inference import render_batches, with_ray_steps
+from epigraf.inference import render_batches
 from epigraf.latents import interpolate_ws
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--grid and --interp do not combine: an interpolation is one video")
     fmt = resolve_format(args.format)  # before rendering: a missing extra fails fast
     G, seeds, ws = prepare(args)
-    G = with_ray_steps(G, args.ray_step_multiplier)
+    G = render_view(G, args)
     render = {"resolution": args.resolution, "deterministic": not args.random, "batch_size": args.batch_size}
     cam = G.cfg.camera
 

@@ -2,8 +2,8 @@
 
 ``config`` is the flat hyperparameter JSON of ``fixtures/original`` (``tiny_config.json``,
 ``keys_<preset>.json["config"]``). Original keys map to ours by prefix; the original's constant
-buffers (the [1, 3, 3, 1] resampling filters and the patch encoder's Fourier frequencies) are checked
-against the constants our modules compute and then dropped.
+buffers (the [1, 3, 3, 1] resampling filters and the Fourier coefficients of D's patch and camera encoders
+and of the sphere background) are checked against the constants our modules compute and then dropped.
 """
 
 from __future__ import annotations
@@ -26,17 +26,20 @@ from epigraf.config import (
 )
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
-from epigraf.nn.layers import fir_filter_2d
+from epigraf.nn.layers import fir_filter_2d, log_fourier_coefficients
 from epigraf.nn.state import load_state_strict
 
 # (original prefix, our prefix), first match wins.
 G_KEY_PREFIXES = (
     ("synthesis.tri_plane_decoder.", "synthesis.blocks."),
     ("synthesis.tri_plane_mlp.", "field.mlp."),
+    ("synthesis.bg_model.", "background."),
     ("mapping.", "mapping."),
 )
 D_KEY_PREFIXES = (("", ""),)
-FOURIER_COEFS_KEY = "scalar_enc.fourier_encoder.fourier_coefs"
+# The Fourier coefficient buffers of the original's scalar encoders: D's patch encoder, D's camera encoder
+# and the sphere background's coordinate encoder. Our modules compute their frequencies.
+FOURIER_COEFS_SUFFIX = "fourier_encoder.fourier_coefs"
 
 
 def _require(config: Mapping[str, Any], key: str) -> Any:
@@ -45,17 +48,47 @@ def _require(config: Mapping[str, Any], key: str) -> Any:
     return config[key]
 
 
+# Options of the original's model configs that we do not build: (flat-config path, value of the original's
+# default, i.e. the only one we support, what the option does). Anything else is refused by name.
+UNSUPPORTED_OPTIONS = (
+    ("backbone", "stylegan2", "the tri-plane decoder; stylegan3-r and raw_planes are experiments"),
+    ("img_channels", 3, "image channels"),
+    ("has_view_cond", False, "a view-direction input to the tri-plane MLP (tri_plane.has_view_cond)"),
+    ("posenc_period_len", 0, "Fourier features of the points in the tri-plane MLP (tri_plane.posenc_period_len)"),
+    ("bg_model.fmm.enabled", False, "factorised multiplicative modulation of the sphere background"),
+    ("bg_model.output_channels", 4, "channels of the sphere background's output (rgb + density)"),
+    ("bg_model.coord_dim", 4, "coordinates of the sphere background's input (x', y', z', 1/r)"),
+)
+
+
+def _option(config: Mapping[str, Any], path: str, default: Any) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or node.get(part) is None:
+            return default
+        node = node[part]
+    return node
+
+
+def check_supported(config: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first option of an original hyperparameter dict that we cannot build."""
+    for path, supported, what in UNSUPPORTED_OPTIONS:
+        if path.startswith("bg_model.") and _option(config, "bg_model.type", None) != "sphere":
+            continue
+        value = _option(config, path, supported)
+        if value != supported:
+            raise ValueError(f"original option {path} = {value!r} is not supported (only {supported!r}): {what}")
+    bg_type = _option(config, "bg_model.type", None)
+    if bg_type not in (None, "sphere", "plane"):
+        raise ValueError(f"original option bg_model.type = {bg_type!r} is not supported (null, 'sphere' or 'plane')")
+
+
 def generator_config(config: Mapping[str, Any]) -> GeneratorConfig:
     """GeneratorConfig equivalent to an original hyperparameter dict."""
-    if config.get("backbone", "stylegan2") != "stylegan2":
-        raise ValueError(f"only the 'stylegan2' tri-plane backbone is supported, got {config['backbone']!r}")
-    if config.get("has_view_cond") or config.get("posenc_period_len"):
-        raise ValueError("view-conditioned or positionally encoded tri-plane MLPs are not supported")
+    check_supported(config)
     bg = config.get("bg_model") or {}
     sphere = SphereBackgroundConfig()
     if bg.get("type") == "sphere":
-        if (bg.get("fmm") or {}).get("enabled") or bg.get("output_channels", 4) != 4 or bg.get("coord_dim", 4) != 4:
-            raise ValueError("sphere backgrounds with factorised modulation or non-default channels are not supported")
         sphere = SphereBackgroundConfig(
             num_blocks=bg.get("num_blocks", sphere.num_blocks), channel_base=bg.get("cbase", sphere.channel_base),
             channel_max=bg.get("cmax", sphere.channel_max),
@@ -146,10 +179,10 @@ def _convert(state: Mapping[str, Tensor], prefixes: tuple[tuple[str, str], ...],
             if tuple(value.shape) != tuple(fir.shape) or not torch.allclose(value.float(), fir, atol=1e-7):
                 raise ValueError(f"{what}: {key} is not the [1, 3, 3, 1] resampling filter this model uses")
             continue
-        if key == FOURIER_COEFS_KEY:
-            expected = math.pi * 2.0 ** torch.arange(value.numel()) / 1024
-            if not torch.allclose(value.float(), expected, rtol=1e-6):
-                raise ValueError(f"{what}: {key} differs from the frequencies π·2^j/1024 this model uses")
+        if key.endswith(FOURIER_COEFS_SUFFIX):
+            n = value.numel()
+            if value.ndim != 1 or not torch.allclose(value.float(), log_fourier_coefficients(2**n), rtol=1e-6):
+                raise ValueError(f"{what}: {key} differs from the frequencies π·2^j/2^{n} (j < {n}) this model uses")
             continue
         for old, new in prefixes:
             if key.startswith(old):

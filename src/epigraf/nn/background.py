@@ -7,21 +7,20 @@ infinity. A small INR-GAN-style MLP, modulated by 4 extra w slots, maps these po
 samples of a ray are alpha-composited on their own and the generator adds the result behind the
 foreground: C = C_fg + T_fg · C_bg.
 
-Network (widths for the default config):
+Network (widths for the default config; module names are the original's, so its state dicts load as they are):
 
-    (x', y', z', v) ── Fourier features: sin, cos of ω_j·coord, ω_j = 2π·2^j / posenc_period_len,
-                       j = 0..5, for each of the 4 coordinates → 4·6·2 = 48
-    block 0: FC 48 → 128 (lrelu, not modulated)
-             ModFC 128 → 128 (lrelu, demodulated)      ← w slot 0
-             ModFC 128 → 128 (lrelu, demodulated)      ← w slot 1
-             skip: ModFC 128 → 4 (linear, not demodulated)   ← w slot 1
-    block 1: ModFC 128 → 128 (lrelu, demodulated)      ← w slot 2
-             ModFC 128 → 128 (lrelu, demodulated)      ← w slot 3
-             skip: ModFC 128 → 4 (linear, not demodulated)   ← w slot 3
-    output = Σ of the blocks' skip outputs = (r, g, b, raw σ), no output activation
+    (x', y', z', v) ── Fourier features: per coordinate sin(π·2^j·x) for j = 0..5, then cos(…)
+                       (the original: coefficients π·2^j/64 on 64·x) → 4·(6 + 6) = 48
+    blocks.0: conv1   ModFC 48 → 128 (lrelu, demodulated)        ← w slot 0
+              to_out  ModFC 128 → 4 (linear, not demodulated)    ← w slot 1
+    blocks.1: conv0   ModFC 128 → 128 (lrelu, demodulated)       ← w slot 1
+              conv1   ModFC 128 → 128 (lrelu, demodulated)       ← w slot 2
+              to_out  ModFC 128 → 4 (linear, not demodulated)    ← w slot 3
+    output = Σ of the blocks' to_out = (r, g, b, raw σ), no output activation
 
-In general block i's modulated layers read slots 2i and 2i + 1 and its skip output shares slot 2i + 1
-(the features it reads were styled by that slot), so num_ws = 2·num_blocks. Block i is `min(channel_base /
+This is StyleGAN2's synthesis network with fully connected layers in place of convolutions: the first
+block has one layer, every later block two, each to_out reads the slot after its block's layers and the
+next block's first layer shares that slot, so num_ws = 2·num_blocks. Block i is `min(channel_base /
 2^(i+2), channel_max)` wide: StyleGAN's channels-per-resolution rule with block i standing at the virtual
 resolution 2^(i+2). The generator's mapping produces these slots after the tri-plane synthesis' own.
 """
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from epigraf.config import SphereBackgroundConfig
-from epigraf.nn.layers import FullyConnected, lrelu_clamped
+from epigraf.nn.layers import FullyConnected, log_fourier_coefficients, lrelu_clamped
 from epigraf.render.compositing import composite
 from epigraf.render.samplers import coarse_depths
 
@@ -106,18 +105,27 @@ class ModulatedFullyConnected(nn.Module):
 
 
 class SphereBackgroundBlock(nn.Module):
-    """Two modulated, demodulated lrelu layers and a modulated 4-channel skip output."""
+    """INR-GAN block: [conv0] → conv1 (modulated, demodulated, lrelu) and a modulated 4-channel skip ``to_out``.
 
-    def __init__(self, in_features: int, width: int, w_dim: int) -> None:
+    The first block has no conv0: its conv1 reads the Fourier features directly, as StyleGAN's 4×4 block
+    has one conv. ``num_conv`` w slots are consumed; ``to_out`` reads the slot after them, which the next
+    block's first layer shares.
+    """
+
+    def __init__(self, in_features: int, width: int, w_dim: int, is_first: bool) -> None:
         super().__init__()
-        self.fc0 = ModulatedFullyConnected(in_features, width, w_dim)
-        self.fc1 = ModulatedFullyConnected(width, width, w_dim)
+        self.num_conv = 1 if is_first else 2
+        if not is_first:
+            self.conv0 = ModulatedFullyConnected(in_features, width, w_dim)
+        self.conv1 = ModulatedFullyConnected(in_features if is_first else width, width, w_dim)
         self.to_out = ModulatedFullyConnected(width, OUTPUT_CHANNELS, w_dim, demodulate=False, activation=False)
 
-    def forward(self, x: Tensor, w0: Tensor, w1: Tensor) -> tuple[Tensor, Tensor]:
-        """x [B, N, in], w0 and w1 [B, w_dim] → features [B, N, width], skip output [B, N, 4]."""
-        x = self.fc1(self.fc0(x, w0), w1)
-        return x, self.to_out(x, w1)
+    def forward(self, x: Tensor, ws: Tensor) -> tuple[Tensor, Tensor]:
+        """x [B, N, in], ws [B, num_conv + 1, w_dim] → features [B, N, width], skip output [B, N, 4]."""
+        if self.num_conv == 2:
+            x = self.conv0(x, ws[:, 0])
+        x = self.conv1(x, ws[:, self.num_conv - 1])
+        return x, self.to_out(x, ws[:, self.num_conv])
 
 
 class SphereBackground(nn.Module):
@@ -135,13 +143,16 @@ class SphereBackground(nn.Module):
             raise ValueError(f"start (the innermost inverse depth) must be in (0, 1], got {cfg.start}")
         self.cfg, self.w_dim = cfg, w_dim
         self.num_ws = cfg.num_ws
-        freqs = 2.0 * math.pi * 2.0 ** torch.arange(cfg.num_fourier_freqs, dtype=torch.float32) / cfg.posenc_period_len
+        if cfg.posenc_period_len <= 1:
+            raise ValueError(f"posenc_period_len must be > 1, got {cfg.posenc_period_len}")
+        # The original multiplies the coordinates by L before applying its coefficients; folded into ω here.
+        freqs = cfg.posenc_period_len * log_fourier_coefficients(cfg.posenc_period_len)
         self.register_buffer("frequencies", freqs, persistent=False)
         widths = [min(cfg.channel_base // 2 ** (i + 2), cfg.channel_max) for i in range(cfg.num_blocks)]
-        self.input_layer = FullyConnected(2 * COORD_DIM * cfg.num_fourier_freqs, widths[0], activation=True)
-        in_widths = [widths[0], *widths[:-1]]
+        in_widths = [2 * COORD_DIM * freqs.numel(), *widths[:-1]]
         self.blocks = nn.ModuleList(
-            SphereBackgroundBlock(c_in, c_out, w_dim) for c_in, c_out in zip(in_widths, widths, strict=True)
+            SphereBackgroundBlock(c_in, c_out, w_dim, is_first=i == 0)
+            for i, (c_in, c_out) in enumerate(zip(in_widths, widths, strict=True))
         )
 
     def inverse_depths(
@@ -162,13 +173,13 @@ class SphereBackground(nn.Module):
 
     def inr(self, coords: Tensor, ws: Tensor) -> Tensor:
         """coords [B, N, 4] (x', y', z', v), ws [B, num_ws, w_dim] → [B, N, 4] (r, g, b, raw σ)."""
-        x = coords[..., None] * self.frequencies.to(coords.dtype)
-        x = x.flatten(-2)
-        x = self.input_layer(torch.cat([x.sin(), x.cos()], dim=-1))
-        out = None
-        for i, block in enumerate(self.blocks):
-            x, skip = block(x, ws[:, 2 * i], ws[:, 2 * i + 1])
+        x = coords[..., None] * self.frequencies.to(coords.dtype)  # [B, N, 4, F]
+        x = torch.cat([x.sin(), x.cos()], dim=-1).flatten(-2)  # per coordinate [sin ×F, cos ×F]
+        out, slot = None, 0
+        for block in self.blocks:
+            x, skip = block(x, ws[:, slot : slot + block.num_conv + 1])
             out = skip if out is None else out + skip
+            slot += block.num_conv
         return out
 
     def forward(

@@ -17,9 +17,11 @@ there is no projection.
 
 Key names follow the original's state dicts, so a checkpoint converts with
 :func:`discriminator_key_map`: every key keeps its name except the original's constant buffers
-(``*.resample_filter`` — the normalised [1, 3, 3, 1] filter — and ``scalar_enc.fourier_encoder.fourier_coefs``
-= π·2^j/1024), which are recomputed here (non-persistent buffers) and map to ``None``. A converter should
-check their values (:func:`epigraf.nn.layers.fir_filter_2d`, :func:`fourier_coefficients`) and drop them.
+(``*.resample_filter`` — the normalised [1, 3, 3, 1] filter — ``scalar_enc.fourier_encoder.fourier_coefs``
+= π·2^j/1024 and, with Fourier camera features, ``head_mapping.camera_scalar_enc.fourier_encoder.fourier_coefs``
+= π·2^j/64), which are recomputed here (non-persistent buffers) and map to ``None``. A converter should
+check their values (:func:`epigraf.nn.layers.fir_filter_2d`, :func:`epigraf.nn.layers.log_fourier_coefficients`)
+and drop them.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class PatchParamsLike(Protocol):
 
 def discriminator_key_map(original_key: str) -> str | None:
     """Our state-dict key for an original D key; ``None`` for the constant buffers we recompute."""
-    if original_key.endswith("resample_filter") or original_key == "scalar_enc.fourier_encoder.fourier_coefs":
+    if original_key.endswith(("resample_filter", "fourier_encoder.fourier_coefs")):
         return None
     return original_key
 
@@ -233,7 +235,7 @@ class CameraEncoder(nn.Module):
     """Yaw and pitch of the D camera conditioning, normalised to [−0.5, 0.5] (``conditioning_angles``).
 
     Raw: the 2 normalised angles. Fourier (default): per angle [sin(π·2^j·a) for j < 6, cos(…)] → 24 dims;
-    this per-angle [sin ×6, cos ×6] layout is our choice. In training mode, noise of
+    the original's layout (its coefficients π·2^j/64 on 64·a; fixture set ``condfourier``). In training mode, noise of
     ``noise_std`` × the batch std of each angle is added to the angles, then dropout with inverted scaling
     is applied to the encoding.
     """

@@ -178,9 +178,10 @@ class Generator(nn.Module):
             return x.transpose(1, 2).reshape(b, x.shape[-1], res, res)
 
         image = to_image(rays.color)
-        if rcfg.background == "plane":
+        drawn = rcfg.background if rcfg.draw_background else None
+        if drawn == "plane":
             image = image + self._plane_background(planes, patch_params, res) * to_image(rays.final_transmittance)
-        elif rcfg.background == "sphere":
+        elif drawn == "sphere":
             if ws is None:
                 raise ValueError("a sphere-background generator needs ws in render() for its background MLP")
             bg = self.background(origins, directions, ws[:, self.synthesis.num_ws :], rcfg.white_back,

@@ -37,6 +37,18 @@ def fir_filter_2d(taps: tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)) -> Tensor:
     return f / f.sum()
 
 
+def log_fourier_coefficients(max_value: float) -> Tensor:
+    """The original's Fourier coefficients for inputs multiplied by ``max_value``: π·2^j / 2^n, j < n = ⌈log2 max⌉.
+
+    The original encodes a scalar v ∈ [0, 1] (or [−1, 1]) as sin/cos of (max_value·v)·coef, so the lowest
+    frequency spans about one period over the input's range and each further one doubles it. Its patch
+    encoder (max 1000 → 10 coefficients π·2^j/1024), camera encoder (64 → 6) and sphere background
+    (period 64 → 6) all follow this rule. [n].
+    """
+    n = math.ceil(math.log2(max_value))
+    return math.pi * 2.0 ** torch.arange(n, dtype=torch.float32) / 2.0**n
+
+
 def _fir(x: Tensor, f: Tensor, pad: tuple[int, int, int, int], gain: float,
          fold_channels: bool | None = None) -> Tensor:
     """Depthwise convolution of x [B, C, H, W] with the 2D filter f after zero padding (l, r, t, b).

@@ -80,6 +80,8 @@ class TrainOptions:
     d_camera_cond: bool = option(False, "camera-conditioned D (recommended for posed datasets)")
     d_camera_cond_drop_p: float = option(0.5, "probability of dropping the camera given to D")
     g_camera_cond: bool = option(False, "generator pose conditioning (GPC)")
+    pose_cond: bool = option(False, "the original's recipe for posed data (FFHQ, Cats): --d-camera-cond (Fourier "
+                                    "camera features, drop p --d-camera-cond-drop-p) plus --g-camera-cond")
     tick_kimg: float | None = option(None, "kimg per progress tick (default: the preset's, 4 paper, 0.5 builtin)")
     snapshot_ticks: int = option(50, "write a snapshot (weights + training state) every N ticks")
     image_ticks: int = option(50, "grid of fakes (and, with --videos, a camera-path video) every N ticks; 0 = never")
