@@ -11,6 +11,7 @@ The state file holds only tensors, numbers, strings and containers and is read w
 from __future__ import annotations
 
 import errno
+import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
+from epigraf.compat.snapshot import weights_only_refusal
 from epigraf.files import TEMPORARY_SUFFIX, atomic_write, check_free_space, no_space_error
 
 NETWORK_PATTERN = "network-{nimg:010d}.safetensors"
@@ -109,6 +111,8 @@ def load_state(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"training state not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} is not an epigraf training state: {weights_only_refusal(err)}") from None
     except Exception as err:  # torch raises several types for foreign or torn files
         raise ValueError(f"{path} is not a readable epigraf training state: {err}") from err
 
