@@ -66,7 +66,7 @@ class TrainOptions:
     resume: str | None = option(None, '"latest" (newest snapshot in --out/--run) or a training-state path')
     transfer: str | None = option(None, "network checkpoint whose weights (not state) initialise G, G_ema, D")
     run: str | None = option(None, "an explicit run folder (default: a new numbered one under --out); an existing "
-                                   "one needs --resume or --force")
+                                   "one needs --resume or --force; under torchrun, give it after `train`")
     force: bool = option(False, "start afresh in an existing --run folder, deleting its snapshots and logs")
     max_skipped_in_a_row: int = option(
         100, "stop with an error once this many consecutive steps were skipped as non-finite; 0 = never"
