@@ -86,6 +86,12 @@ def _json_field(path: Path, meta: dict[str, str], field_name: str, default: str 
         raise ValueError(f"{path}: metadata field {field_name!r} is not valid JSON ({err})") from err
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    # A sum is NaN/Inf when any element is, and ~20× faster than isfinite().all() on CPU; only a non-finite
+    # sum (or an overflow of huge finite values) needs the exact check.
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def check_weights(path: Path, name: str, state: dict[str, torch.Tensor], planned: dict[str, torch.Tensor]) -> None:
     """Refuse a tensor whose dtype is not the model's kind (integer for float), or that holds NaN or Inf;
     other float types are converted on loading, with a notice."""
@@ -98,7 +104,7 @@ def check_weights(path: Path, name: str, state: dict[str, torch.Tensor], planned
     if converted:
         log.info("%s: converting %d tensors (e.g. %s, %s) to the model's %s", what, len(converted), converted[0],
                  state[converted[0]].dtype, planned[converted[0]].dtype)
-    non_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    non_finite = [k for k, v in state.items() if v.is_floating_point() and not _all_finite(v)]
     if non_finite:
         raise ValueError(f"{what}: non-finite weights (NaN or Inf) in {', '.join(non_finite[:6])}"
                          f"{f' and {len(non_finite) - 6} more' if len(non_finite) > 6 else ''}; the file is "
