@@ -318,3 +318,58 @@ def test_view_command_on_a_busy_port_is_a_clear_error(checkpoint, capsys):
         busy.listen()
         assert main(["view", str(checkpoint), "--port", str(busy.getsockname()[1]), "--device", "cpu"]) == 2
     assert "cannot serve on 127.0.0.1" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bounds on connections and work
+
+
+def test_an_idle_connection_is_closed_after_the_timeout(checkpoint):
+    srv = ViewerServer(Renderer(load_checkpoint(checkpoint).G_ema, max_resolution=64), "127.0.0.1", 0,
+                       idle_timeout_s=0.5)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(srv.server_address[:2], timeout=30) as conn:
+            start = time.perf_counter()
+            assert conn.recv(1024) == b""  # the server closed it: the connection sent nothing
+            assert time.perf_counter() - start < 10
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+def test_requests_beyond_the_work_bounds_are_clear_400s(checkpoint):
+    srv = ViewerServer(Renderer(load_checkpoint(checkpoint).G_ema, max_resolution=4096), "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        start = time.perf_counter()
+        status, _, body = get(srv, "/api/frame?res=4096&steps=8")
+        assert status == 400 and json.loads(body)["error"] == (
+            "this frame needs 1,073,741,824 ray samples, over the 134,217,728 a request may ask for; "
+            "lower res or steps")
+        status, _, body = get(srv, "/api/mesh?grid=512")
+        assert status == 400 and "this mesh needs 134,217,728 grid points, over the 16,777,216" in \
+            json.loads(body)["error"]
+        assert time.perf_counter() - start < 5
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+def test_a_request_slower_than_the_time_bound_at_the_measured_speed_is_refused(checkpoint):
+    renderer = Renderer(load_checkpoint(checkpoint).G_ema, max_resolution=64, max_request_s=1e-9)
+    renderer.frame(request(renderer, "res=8"))  # tri-planes: a miss, not a measure of rendering speed
+    renderer.frame(request(renderer, "res=8&yaw=0.1"))
+    with pytest.raises(ValueError, match=r"this frame would take ~\d+ s on this machine, over the 0 s a request "
+                                         r"may take; lower res or steps"):
+        renderer.frame(request(renderer, "res=16"))
+
+
+def test_a_frame_whose_page_has_gone_is_not_rendered(renderer):
+    frames = renderer.stats()["frames"]
+    with pytest.raises(Superseded, match="closed the connection"):
+        renderer.frame(request(renderer, "res=8"), client_gone=lambda: True)
+    assert renderer.stats()["frames"] == frames

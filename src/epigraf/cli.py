@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         # User errors (bad dataset, checkpoint, flag value, a missing optional extra) get one clear line.
         print(f"epigraf {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # The machine's refusal rather than the user's input: a full disk, an unwritable folder.
+        print(f"epigraf {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -198,17 +200,55 @@ class ModelConfig:
 T = TypeVar("T")
 
 
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output; unknown keys are an error."""
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output (e.g. JSON read from a file).
+
+    Every value is checked against its field's type before anything is built: ints are whole numbers ≥ 0
+    (every int field is a count or a size), floats finite, bools true bools. Raises ValueError naming the
+    field (``generator.z_dim``) for a wrong type or range, an unknown key, or a value the config refuses."""
+    label = where.rstrip(".") or cls.__name__
+    if not isinstance(data, dict):
+        raise ValueError(f"config {label} must be a JSON object, got {type(data).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
         sub = _dataclass_type(cls, key)
-        kwargs[key] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
-    return cls(**kwargs)
+        kwargs[key] = from_dict(sub, value, f"{where}{key}.") if sub is not None \
+            else _checked_value(hints[key], value, f"{where}{key}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"config {label}: {err}") from err
+
+
+def _checked_value(tp: Any, value: Any, name: str) -> Any:
+    """``value`` if it fits the field type ``tp`` (int, float, bool, str, X | None, tuple[float, ...]), else a
+    ValueError naming the field."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return value
+        tp = next(a for a in args if a is not type(None))
+        args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, (list, tuple)) or (Ellipsis not in args and len(value) != len(args)):
+            raise ValueError(f"config field {name} must be a list of {len(args) if Ellipsis not in args else 'any'}"
+                             f" numbers, got {value!r:.60}")
+        return [_checked_value(float, v, f"{name}[{i}]") for i, v in enumerate(value)]
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+        str: lambda v: isinstance(v, str),
+    }[tp](value)
+    if not ok:
+        kind = {bool: "true or false", int: "a whole number ≥ 0", float: "a finite number", str: "a string"}[tp]
+        raise ValueError(f"config field {name} must be {kind}, got {value!r:.60}")
+    return value
 
 
 def _dataclass_type(cls: type, name: str) -> type | None:

@@ -1,11 +1,16 @@
-"""Writing files so that a crash or kill never leaves a torn one under the final name."""
+"""Writing files so that a crash or kill never leaves a torn one under the final name, and saying so
+plainly when the disk is full."""
 
 from __future__ import annotations
 
+import errno
+import math
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -22,3 +27,47 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def free_bytes(folder: str | os.PathLike[str]) -> int:
+    """Bytes available to this user on the file system holding ``folder``."""
+    return shutil.disk_usage(folder).free
+
+
+def no_space_error(path: str | os.PathLike[str], needed_bytes: int) -> OSError:
+    """The error for a write of about ``needed_bytes`` to ``path`` that does not fit on its device."""
+    free_mb = free_bytes(Path(path).parent) / 2**20
+    return OSError(errno.ENOSPC, f"no space left on device (needed ~{needed_bytes / 2**20:.1f} MB at {path}, "
+                                 f"{free_mb:.1f} MB free)")
+
+
+def check_free_space(path: str | os.PathLike[str], needed_bytes: int) -> None:
+    """Raise ``no_space_error`` before writing about ``needed_bytes`` to ``path`` if they do not fit."""
+    if free_bytes(Path(path).parent) < needed_bytes:
+        raise no_space_error(path, needed_bytes)
+
+
+def check_output_path(out: str | os.PathLike[str], inputs: list[str | os.PathLike[str]], overwrite: bool,
+                      flag: str = "--force") -> None:
+    """Refuse to write ``out`` over one of ``inputs`` (always), or over any existing file unless
+    ``overwrite`` (the user's ``flag``)."""
+    out = Path(out)
+    if not out.exists():
+        return
+    for source in inputs:
+        if Path(source).exists() and out.samefile(source):
+            raise ValueError(f"the output {out} is the input {source}: choose another output path")
+    if not overwrite:
+        raise ValueError(f"{out} already exists: pass {flag} to replace it")
+
+
+def strict_json(x: Any) -> Any:
+    """``x`` (nested dicts, lists, numbers) with every non-finite float as None, so that ``json.dumps`` writes
+    standard JSON (it would write the non-standard ``NaN`` and ``Infinity``)."""
+    if isinstance(x, dict):
+        return {k: strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict_json(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

@@ -48,6 +48,20 @@ def tune_cpu_allocator() -> bool:
     return True
 
 
+def release_memory() -> None:
+    """Hand freed memory back to the system after a large one-off job (a big mesh in a long-running viewer):
+    CUDA's cached blocks, and glibc's heap, which ``tune_cpu_allocator`` otherwise keeps."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass  # not glibc: nothing to trim
+
+
 def configure_cuda_for_training() -> None:
     """The original's CUDA settings (SPEC §1.8): true fp32 (no TF32) and cuDNN autotuning.
 

@@ -64,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="colour under transparent pixels")
     c.add_argument("--look-at-tolerance", type=float, default=1.0, metavar="DEG",
                    help="warn when an optical axis misses the origin by more than this")
+    c.add_argument("--force", action="store_true", help="replace an existing output zip (never the source)")
     c.set_defaults(func=run_convert)
 
     k = sub.add_parser("check", help="run every validation and the frustum-in-cube check; exit 1 on errors")
@@ -118,7 +119,8 @@ def run_convert(args: argparse.Namespace) -> int:
         poses = poses_from_data(data, args.format, name, **pose_args)
     options = ConvertOptions(resolution=args.resolution, crop=args.crop, zero_centre_yaw=args.zero_centre_yaw,
                              background=args.background, fov=args.fov)
-    result = _logging_warnings(lambda: convert_dataset(args.source, args.out, poses, options))
+    result = _logging_warnings(lambda: convert_dataset(args.source, args.out, poses, options,
+                                                                       overwrite=args.force))
     for message in result.warnings:
         log.warning("%s", message)
     print(_convert_text(result, args))

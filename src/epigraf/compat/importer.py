@@ -46,8 +46,9 @@ from epigraf.compat.snapshot import (
     read_original_snapshot,
     read_original_state_dict,
 )
-from epigraf.config import PRESETS, ModelConfig
+from epigraf.config import PRESETS, ModelConfig, from_dict
 from epigraf.config import preset as make_preset
+from epigraf.nn.budget import planned_state_dicts
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
 from epigraf.nn.state import load_state_strict
@@ -481,13 +482,23 @@ def load_original(
         hyper = read_config(config)
         metadata["config_source"] = "config" if isinstance(config, Mapping) else f"config:{Path(config).name}"
     if hyper is not None:
-        cfg = _networks_config(hyper)
+        try:
+            cfg = _networks_config(hyper)
+        except TypeError as err:
+            raise ValueError(f"{path}: a hyperparameter has the wrong type: {err}") from None
         num_ws = hyper.get("num_ws")
     else:
         assert preset is not None
         cfg, num_ws = make_preset(preset), None
         metadata["config_source"] = f"preset:{preset}"
     cfg = _with_mean_pose(cfg, g_ema)
+    # Hyperparameters from a file decide the allocation: check every field and the networks' size first.
+    where = f"{path} (architecture from {metadata['config_source']})"
+    try:
+        from_dict(ModelConfig, dataclasses.asdict(cfg))
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    planned_state_dicts(cfg, where)
     try:
         G_ema = _generator(cfg, g_ema, "G_ema", num_ws)
         G = _generator(cfg, g, "G") if g is not None else None

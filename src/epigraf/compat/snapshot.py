@@ -6,6 +6,11 @@ restricted unpickler: only the globals listed in ``fixtures/original/PICKLE_FORM
 persistence records come back as plain data, every other class is an inert placeholder, and the
 embedded storages are decoded by torch's weights-only loader on CPU. Nothing from the file is executed
 and no original module is imported.
+
+The reader is also bounded, so that a small crafted file cannot exhaust time or memory: the opcode stream
+is scanned before anything is built (opcode count, memo size, nesting), the object graph it built is
+checked before anyone walks it (no cycles, bounded depth, and a bounded size *as a tree*, since shared
+references let 1 KB describe a tree of 2^100 nodes), and every tensor view must lie inside its storage.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import pickletools
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,9 +37,18 @@ __all__ = [
     "UnsafePickleError",
     "read_original_snapshot",
     "read_original_state_dict",
+    "weights_only_refusal",
 ]
 
 NETWORK_NAMES = ("G", "G_ema", "D")
+
+# Bounds of the reader, each far above a real snapshot (ffhq512: ~10^5 opcodes, ~10^4 memo entries, module
+# nesting < 20, a tree of ~10^5 nodes) and far below what exhausts a machine.
+MAX_OPCODES = 10_000_000
+MAX_MEMO = 2_000_000
+MAX_DEPTH = 200
+MAX_TREE_NODES = 5_000_000
+MAX_TENSOR_ELEMENTS = 2**31
 
 
 class UnsafePickleError(ValueError):
@@ -138,13 +153,24 @@ def _load_storage(data: bytes) -> torch.storage.TypedStorage:
             storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             raise UnsafePickleError(
-                "torch.storage._load_from_bytes", f"torch's weights-only loader refused its payload: {err}"
-            ) from err
+                "torch.storage._load_from_bytes", f"torch's weights-only loader refused its payload: "
+                f"{weights_only_refusal(err)}"
+            ) from None
         except (RuntimeError, EOFError) as err:
             raise SnapshotFormatError(f"cannot decode an embedded storage: {err}") from err
     if not isinstance(storage, torch.storage.TypedStorage):
         raise SnapshotFormatError(f"embedded storage bytes hold a {type(storage).__name__}, not a storage")
     return storage
+
+
+def weights_only_refusal(err: BaseException) -> str:
+    """Why torch's weights-only loader refused a file, in one line and without torch's advice to retry with
+    ``weights_only=False`` (which would execute whatever the file holds)."""
+    for line in str(err).splitlines():
+        if "WeightsUnpickler error:" in line:
+            # Its first sentence says what was refused; the rest advises loading it anyway.
+            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].rstrip(".")
+    return "it holds something other than tensors, numbers, strings and containers"
 
 
 def _check_no_hooks(backward_hooks: Any) -> None:
@@ -166,9 +192,38 @@ def _rebuild_tensor(
     if not isinstance(storage, torch.storage.TypedStorage):
         raise SnapshotFormatError(f"tensor storage is a {type(storage).__name__}, not a decoded storage")
     _check_no_hooks(backward_hooks)
+    _check_view(storage._size(), storage_offset, size, stride)  # _size: size() warns that TypedStorage is deprecated
     return torch._utils._rebuild_tensor_v2(
         storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata
     )
+
+
+def _check_view(storage_size: int, offset: Any, size: Any, stride: Any) -> None:
+    """Refuse a view reaching outside its storage: torch would grow the storage to fit it (a 100000×100000
+    view of 4 elements allocates 40 GB) before any shape is checked."""
+    def whole_numbers(x: Any) -> bool:
+        return isinstance(x, tuple) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in x)
+
+    if not (whole_numbers(size) and whole_numbers(stride) and whole_numbers((offset,)) and len(size) == len(stride)):
+        raise SnapshotFormatError(f"a tensor has a malformed shape {size!r:.80}, stride {stride!r:.80} or "
+                                  f"offset {offset!r:.40}")
+    numel = 1
+    for n in size:
+        numel *= n
+    if numel > MAX_TENSOR_ELEMENTS:
+        raise SnapshotFormatError(f"a tensor of shape {list(size)} ({numel:,} elements) exceeds the "
+                                  f"{MAX_TENSOR_ELEMENTS:,} this reader accepts")
+    if numel and offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True)) >= storage_size:
+        raise SnapshotFormatError(f"a tensor of shape {list(size)} (stride {list(stride)}, offset {offset}) "
+                                  f"reaches outside its storage of {storage_size} elements")
+
+
+def _reconstruct_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's ``_reconstruct`` for the empty array that a pickled ndarray starts as (its data arrives with
+    BUILD, which checks the sizes); any other shape would allocate before anything checks it."""
+    if subtype is not np.ndarray or shape != (0,):
+        raise SnapshotFormatError(f"a numpy array is rebuilt with shape {shape!r:.80}; pickled arrays start empty")
+    return np.ndarray.__reduce__(np.zeros(0))[0](subtype, shape, dtype)
 
 
 def _rebuild_parameter(data: Any, requires_grad: bool, backward_hooks: Any) -> torch.nn.Parameter:
@@ -192,13 +247,12 @@ def _persistent_record(meta: Any) -> dict[str, Any]:
 def _numpy_globals() -> dict[tuple[str, str], Any]:
     # numpy 2 renamed numpy.core to numpy._core; files name whichever the writer had, and the
     # functions are taken from live objects so that this works on either numpy version.
-    reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]
     scalar = np.float64(0).__reduce__()[0]
     table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
     for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
         table.update(
             {
-                (module, "_reconstruct"): reconstruct,
+                (module, "_reconstruct"): _reconstruct_array,
                 (module, "scalar"): scalar,
                 (module, "ndarray"): np.ndarray,
                 (module, "dtype"): np.dtype,
@@ -226,6 +280,22 @@ class RestrictedUnpickler(pickle.Unpickler):
     OBJ and the copyreg extension codes alike), so refusing there refuses before anything is called.
     """
 
+    def __init__(self, file: IO[bytes]) -> None:
+        super().__init__(file)
+        self._file = file
+
+    def load(self) -> Any:
+        """The object, after ``check_opcodes`` on the stream and before anything else sees it, ``check_graph``."""
+        start = self._file.tell()
+        check_opcodes(self._file)
+        self._file.seek(start)
+        try:
+            data = super().load()
+        except RecursionError as err:
+            raise SnapshotFormatError(f"the pickle nests objects deeper than Python can build ({err})") from None
+        check_graph(data)
+        return data
+
     def find_class(self, module: str, name: str) -> Any:
         try:
             return _ALLOWED_GLOBALS[(module, name)]
@@ -233,7 +303,80 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise UnsafePickleError(f"{module}.{name}") from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError("persistent id", f"snapshots contain no persistent ids (got {pid!r:.80})")
+        raise UnsafePickleError("persistent id", f"snapshots contain no persistent ids (got a {type(pid).__name__})")
+
+
+_MEMO_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
+# Opcodes that pop back to the last MARK.
+_POP_MARK_OPCODES = frozenset({"TUPLE", "LIST", "DICT", "APPENDS", "SETITEMS", "ADDITEMS", "FROZENSET", "INST",
+                               "OBJ", "POP_MARK"})
+
+
+def check_opcodes(file: IO[bytes]) -> None:
+    """Scan one pickle's opcode stream without building anything; raise SnapshotFormatError when it has more
+    than MAX_OPCODES opcodes (objects), MAX_MEMO memo entries or MAX_DEPTH nested MARKs, or is malformed."""
+    ops = memo = depth = 0
+    try:
+        for opcode, _, _ in pickletools.genops(file):
+            ops += 1
+            memo += opcode.name in _MEMO_OPCODES
+            depth += (opcode.name == "MARK") - (opcode.name in _POP_MARK_OPCODES)
+            if ops > MAX_OPCODES or memo > MAX_MEMO or depth > MAX_DEPTH:
+                what = ("opcodes", MAX_OPCODES) if ops > MAX_OPCODES else ("memo entries", MAX_MEMO) \
+                    if memo > MAX_MEMO else ("nested marks", MAX_DEPTH)
+                raise SnapshotFormatError(f"the pickle has more than {what[1]:,} {what[0]}; no snapshot has")
+    except ValueError as err:
+        if isinstance(err, SnapshotFormatError):
+            raise
+        raise SnapshotFormatError(f"not a readable pickle: {err}") from err
+
+
+def _children(node: Any) -> Iterator[Any]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield value
+    elif isinstance(node, (list, tuple, set, frozenset)):
+        yield from node
+    elif isinstance(node, _Placeholder):
+        yield from (node.args, node.kwargs, node.entries)
+        if node.origin.startswith("omegaconf.") and isinstance(node.state, dict):
+            # OmegaConf nodes point back at their parent, the one cycle of the format; no reader follows it.
+            yield from (v for k, v in node.state.items() if k != "_parent")
+        else:
+            yield node.state
+
+
+def check_graph(root: Any) -> None:
+    """Raise SnapshotFormatError if the unpickled graph has a cycle, is nested deeper than MAX_DEPTH, or
+    would have more than MAX_TREE_NODES nodes when walked as a tree (what the readers below do).
+
+    Linear in the graph's size: each node's tree size is computed once (by id) and reused."""
+    tree_size: dict[int, int] = {}
+    on_path: set[int] = set()
+    keep_alive: list[Any] = []  # ids stay unique only while their objects live
+
+    def size(node: Any, depth: int) -> int:
+        key = id(node)
+        if key in tree_size:
+            return tree_size[key]
+        if key in on_path:
+            raise SnapshotFormatError("the pickle's objects contain themselves (a reference cycle); no snapshot does")
+        if depth > MAX_DEPTH:
+            raise SnapshotFormatError(f"the pickle nests objects more than {MAX_DEPTH} deep; no snapshot does")
+        on_path.add(key)
+        total = 1
+        for child in _children(node):
+            total += size(child, depth + 1)
+            if total > MAX_TREE_NODES:
+                raise SnapshotFormatError(f"the pickle's objects, with their shared references expanded, exceed "
+                                          f"{MAX_TREE_NODES:,} nodes; no snapshot does")
+        on_path.discard(key)
+        tree_size[key] = total
+        keep_alive.append(node)
+        return total
+
+    size(root, 0)
 
 
 @dataclass(frozen=True)
@@ -373,10 +516,11 @@ def read_original_state_dict(path: str | Path, which: str = "G_ema") -> dict[str
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError) as err:
+        reason = weights_only_refusal(err) if isinstance(err, pickle.UnpicklingError) else str(err)
         raise SnapshotFormatError(
-            f"{path} is not a weights-only torch file ({err}); for a network snapshot use "
+            f"{path} is not a weights-only torch file ({reason}); for a network snapshot use "
             "read_original_snapshot"
-        ) from err
+        ) from None
     if not isinstance(obj, dict):
         raise SnapshotFormatError(f"{path} holds a {type(obj).__name__}, not a state dict")
     if any(name in obj and isinstance(obj[name], dict) for name in NETWORK_NAMES):

@@ -24,7 +24,7 @@ from epigraf.data.metadata import examples, load_json, match_errors, parse_label
 from epigraf.data.poses import PoseTable, epigraf_poses
 from epigraf.data.sources import KeyMatch, Source, image_key, match_keys, open_image, open_source
 from epigraf.data.validate import scan_images, validate_dataset
-from epigraf.files import atomic_write
+from epigraf.files import atomic_write, check_output_path
 
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
 # Cameras whose fov or radius differ by more than this (relative) are reported as inconsistent.
@@ -60,14 +60,16 @@ class ConvertResult:
 
 
 def convert_dataset(source_path: str | os.PathLike, out_path: str | os.PathLike, poses: PoseTable | None,
-                    options: ConvertOptions | None = None) -> ConvertResult:
+                    options: ConvertOptions | None = None, *, overwrite: bool = False) -> ConvertResult:
     """Convert images (folder or zip) with ``poses`` (None: the source's own dataset.json, if any) into a
     zip at ``out_path``. Problems raise ValueError (each check's problems in one message) before anything
-    is written; the written dataset is validated again."""
+    is written; the written dataset is validated again. An existing ``out_path`` is replaced only with
+    ``overwrite``, and never when it is the source."""
     options = options or ConvertOptions()
     out_path = os.fspath(out_path)
     if not out_path.endswith(".zip"):
         raise ValueError(f"the output must be a .zip file, got {out_path}")
+    check_output_path(out_path, [source_path], overwrite)
     if options.background not in BACKGROUNDS:
         raise ValueError(f"background must be one of {sorted(BACKGROUNDS)}, got {options.background!r}")
     if options.resolution is not None and options.resolution < 1:

@@ -88,6 +88,10 @@ def parse_camera_angles(raw: Any) -> Parsed:
     return Parsed(values, bad, errors)
 
 
+# Class indices make one-hot labels of max + 1 columns: a bound keeps a typo (or 10^9) from allocating GBs.
+MAX_CLASSES = 100_000
+
+
 def parse_labels(raw: Any) -> Parsed:
     """``labels``: {path → class index or vector}. Mixed kinds, negative classes, vectors of different
     lengths and other values are errors."""
@@ -105,6 +109,11 @@ def parse_labels(raw: Any) -> Parsed:
     negative = [k for k in ints if entries[k] < 0]
     if negative:
         errors.append(f"{len(negative)} class labels are negative, e.g. {examples(negative)}")
+    huge = [k for k in ints if entries[k] >= MAX_CLASSES]
+    if huge:
+        errors.append(f"{len(huge)} class labels are ≥ {MAX_CLASSES:,}, e.g. {examples(huge)}: "
+                      f"{entries[huge[0]]} (one-hot labels would need {entries[huge[0]] + 1:,} columns per image); "
+                      "number the classes from 0")
     lengths = {len(entries[k]) for k in vectors}
     if len(lengths) > 1:
         errors.append(f"label vectors have different lengths {sorted(lengths)}")

@@ -9,6 +9,7 @@ entries are matched to images by key (SPEC §6.1).
 from __future__ import annotations
 
 import io
+import logging
 import os
 import posixpath
 import zipfile
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 Image.init()
 # Extensions PIL can open (some registered ones, e.g. .pdf, are write-only).
@@ -71,8 +74,27 @@ def _is_junk(name: str) -> bool:
 
 
 class FolderSource(Source):
+    """A folder. Links to folders are followed only to a folder inside the root not listed yet: a link out of
+    the root (e.g. to /) or back into the tree (``loop -> .``) is skipped with a warning, where following it
+    would list the same images again or walk the whole disk. Links to files are followed wherever they point."""
+
     def _list(self) -> Iterable[str]:
-        for dirpath, _, filenames in os.walk(self.path, followlinks=True):
+        root = os.path.realpath(self.path)
+        visited = {root}
+        for dirpath, dirnames, filenames in os.walk(self.path, followlinks=True):
+            # Real folders first, so that a link to a sibling is the one skipped.
+            dirnames.sort(key=lambda d: os.path.islink(os.path.join(dirpath, d)))
+            kept = []
+            for name in dirnames:
+                real = os.path.realpath(os.path.join(dirpath, name))
+                if real in visited or os.path.commonpath([root, real]) != root:
+                    log.warning("%s: not following the link %s (to %s): it leads %s", self.path,
+                                os.path.join(dirpath, name), real,
+                                "back into the dataset" if real in visited else "out of the dataset folder")
+                    continue
+                visited.add(real)
+                kept.append(name)
+            dirnames[:] = kept
             rel = os.path.relpath(dirpath, self.path)
             for name in filenames:
                 yield posixpath.normpath(posixpath.join(rel.replace(os.sep, "/"), name))

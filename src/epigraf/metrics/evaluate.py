@@ -14,7 +14,6 @@ pose-conditioning camera (GPC) of a conditional model set as in ``epigraf.metric
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from epigraf.files import strict_json
 from epigraf.metrics.consistency import consistency_metric
 from epigraf.metrics.fid import RealStatistics, extract_features, kernel_inception_distance, real_statistics
 from epigraf.metrics.inception import FeatureExtractor
@@ -86,19 +86,9 @@ class MetricResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (non-finite numbers become None, so the output is strict JSON)."""
-        return _strict_json({"metric": self.metric, "cameras": self.cameras, "value": self.value,
+        return strict_json({"metric": self.metric, "cameras": self.cameras, "value": self.value,
                              "num_real": self.num_real, "num_fake": self.num_fake, "protocol": self.protocol,
                              "details": self.details, "seconds": round(self.seconds, 3)})
-
-
-def _strict_json(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _strict_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_strict_json(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def generate_images(

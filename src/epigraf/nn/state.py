@@ -15,9 +15,9 @@ def _listing(keys: list[str]) -> str:
     return shown + (f", … ({len(keys)} in all)" if len(keys) > MAX_LISTED else "")
 
 
-def load_state_strict(module: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
-    """Copy ``state`` into ``module``; raise ValueError naming missing, unexpected and mis-shaped keys."""
-    expected = module.state_dict()
+def check_state_fits(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], what: str) -> None:
+    """Raise ValueError naming missing, unexpected and mis-shaped keys of ``state`` against ``expected`` (a
+    module's state dict; meta tensors do, so a file can be checked before the model is allocated)."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     misshaped = [
@@ -34,5 +34,11 @@ def load_state_strict(module: nn.Module, state: Mapping[str, Tensor], what: str)
         problems.append(f"mis-shaped keys: {_listing(misshaped)}")
     if problems:
         raise ValueError(f"{what} state dict does not fit the model — " + "; ".join(problems))
+
+
+def load_state_strict(module: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
+    """Copy ``state`` into ``module``; raise ValueError naming missing, unexpected and mis-shaped keys."""
+    expected = module.state_dict()
+    check_state_fits(expected, state, what)
     with torch.no_grad():
         module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)

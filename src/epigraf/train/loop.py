@@ -18,6 +18,7 @@ import signal
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from epigraf.cameras import sample_normal, sample_spherical_uniform
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
 from epigraf.config import ModelConfig, preset
 from epigraf.data.dataset import ImageDataset
-from epigraf.files import atomic_write
+from epigraf.files import atomic_write, strict_json
 from epigraf.metrics import FeatureExtractor, InceptionFeatures, MetricResult, TorchScriptFeatures, compute_metric
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
@@ -44,10 +45,11 @@ from epigraf.train.options import TrainOptions
 from epigraf.train.snapshot import (
     load_state,
     network_path,
+    prepare_run_dir,
     remove_unfinished_writes,
     resolve_resume,
-    save_state,
-    state_path,
+    tensor_bytes,
+    write_snapshot,
 )
 from epigraf.train.visualize import render_fake_grid, save_camera_path_video, save_image_grid
 
@@ -142,13 +144,50 @@ def leave_stop_signals_to_the_trainer(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def real_batch_iterator(dataset: ImageDataset, batch: int, opts: TrainOptions, rank: int, start_step: int):
+@contextmanager
+def real_batch_iterator(dataset: ImageDataset, batch: int, opts: TrainOptions, rank: int, start_step: int
+                        ) -> Iterator[Iterator[list]]:
+    """Batches (images, angles, labels) for steps start_step, start_step+1, …; the data workers are stopped
+    when the block exits, whether it returns or raises."""
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=RealBatches(len(dataset), batch, opts.seed, rank, start_step),
         num_workers=opts.workers, pin_memory=torch.cuda.is_available(), persistent_workers=opts.workers > 0,
         worker_init_fn=leave_stop_signals_to_the_trainer,
     )
-    return iter(loader)
+    batches = iter(loader)
+    try:
+        yield with_plain_worker_errors(batches)
+    finally:
+        stop_data_workers(batches)
+
+
+def with_plain_worker_errors(batches: Iterator[list]) -> Iterator[list]:
+    """``batches``, with a dataset error raised in a worker re-raised as the dataset's own one-line message:
+    the DataLoader wraps it as "Caught ValueError in DataLoader worker process 0.\nOriginal Traceback…"."""
+    while True:
+        try:
+            batch = next(batches)
+        except ValueError as err:
+            lines = str(err).rstrip().splitlines()
+            if len(lines) < 2 or not lines[0].startswith("Caught "):
+                raise
+            raise ValueError(lines[-1].partition(": ")[2] or lines[-1]) from None
+        yield batch
+
+
+def stop_data_workers(batches: Iterator[list], join_timeout_s: float = 10.0) -> None:
+    """Stop the worker processes of a DataLoader iterator now, not at interpreter exit.
+
+    On an error the traceback keeps the iterator alive past ``main``; multiprocessing's exit handler then
+    SIGTERMs the workers, which ignore SIGTERM (see ``leave_stop_signals_to_the_trainer``), and joins them
+    forever. So the trainer asks them to stop, and SIGKILLs any still alive (e.g. stuck decoding a file)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # absent for workers=0
+    if shutdown is not None:
+        shutdown()
+    for worker in getattr(batches, "_workers", ()):
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=join_timeout_s)
 
 
 def fake_conditioning(dataset: ImageDataset, cfg: ModelConfig, batch: int, device: torch.device
@@ -252,7 +291,7 @@ def fid_feature_extractor(opts: TrainOptions, device: torch.device) -> FeatureEx
 def create_run_dir(opts: TrainOptions, name: str) -> Path:
     if opts.run is not None:
         run = Path(opts.run)
-        run.mkdir(parents=True, exist_ok=True)
+        prepare_run_dir(run, opts.force)
         return run
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -288,14 +327,15 @@ def train(opts: TrainOptions, model: ModelConfig | None = None) -> TrainResult:
             base = base.with_image_resolution(opts.resolution)
         # From the start, not only around the loop: a stop signal during set-up also ends in a snapshot
         # (after the first step) rather than killing the process.
-        with InterruptFlag() as interrupt:
-            return _train(opts, base, env, interrupt)
+        with InterruptFlag() as interrupt, ExitStack() as cleanup:
+            return _train(opts, base, env, interrupt, cleanup)
     finally:
         distributed.teardown(env)
 
 
-def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, interrupt: InterruptFlag
-           ) -> TrainResult:
+def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, interrupt: InterruptFlag,
+           cleanup: ExitStack) -> TrainResult:
+    """The training proper; ``cleanup`` stops what it starts (data workers) however it ends."""
     device = env.device
     if device.type == "cuda":
         configure_cuda_for_training()
@@ -358,7 +398,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
 
     loss = PatchGANLoss(cfg, G, D, augment, cfg.r1_gamma, opts.blur_init_sigma, opts.blur_fade_kimg,
                         opts.gpc_spoof_final, opts.gpc_spoof_kimg)
-    reals = real_batch_iterator(dataset, batch_gpu, opts, env.rank, step)
+    reals = cleanup.enter_context(real_batch_iterator(dataset, batch_gpu, opts, env.rank, step))
     ema_kimg = opts.ema_kimg if opts.ema_kimg >= 0 else batch_size * 0.3125
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
     logger = RunLogger(run_dir, opts, cfg, env, start_nimg=cur_nimg) if env.is_main else None
@@ -366,7 +406,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
         logger.save_reals(dataset)
     fid_detector = fid_feature_extractor(opts, device) if logger is not None and opts.metrics_ticks else None
 
-    tick_start_nimg, tick_start_time = cur_nimg, time.time()
+    tick_start_nimg, tick_start_time, tick_start_skipped, skipped_in_a_row = cur_nimg, time.time(), skipped, 0
     stats: dict[str, list[float]] = defaultdict(list)
     while True:
         kimg = cur_nimg / 1000
@@ -387,6 +427,11 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
         cur_nimg += batch_size
         step += 1
         skipped += not ok
+        skipped_in_a_row = 0 if ok else skipped_in_a_row + 1
+        if opts.max_skipped_in_a_row and skipped_in_a_row >= opts.max_skipped_in_a_row:
+            raise ValueError(f"training diverged: the last {skipped_in_a_row} steps (to step {step}) all had a "
+                             "non-finite loss or gradient and were skipped; lower --g-lr/--d-lr or resume from "
+                             "an earlier snapshot (limit: --max-skipped-in-a-row)")
         update_ema(G_ema, G, ema_beta(batch_size, cur_nimg, ema_kimg, opts.ema_rampup))
         if ada is not None:
             ada.observe(distributed.all_gather_cat(real_logits, env))
@@ -404,6 +449,8 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
 
         cur_tick += 1
         elapsed = time.time() - tick_start_time
+        warn_about_skipped_steps(skipped - tick_start_skipped, (cur_nimg - tick_start_nimg) // batch_size, cur_tick,
+                                 opts.max_skipped_in_a_row, env)
         if logger is not None:
             logger.tick(cur_tick, cur_nimg, step, elapsed, cur_nimg - tick_start_nimg, stats, {
                 "schedule/beta": patch_beta(cur_nimg / 1000, cfg.patch),
@@ -428,25 +475,39 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
             if interrupt.signal is not None and logger is not None:
                 log.info("received signal %d: snapshot written, exiting", interrupt.signal)
             break
-        tick_start_nimg, tick_start_time = cur_nimg, time.time()
+        tick_start_nimg, tick_start_time, tick_start_skipped = cur_nimg, time.time(), skipped
     if logger is not None:
         logger.close()
     return TrainResult(run_dir, G, G_ema, D, cur_nimg, skipped)
+
+
+# A tick skipping more than this fraction of its steps as non-finite is reported as a warning.
+SKIPPED_WARNING_FRACTION = 0.1
+
+
+def warn_about_skipped_steps(tick_skipped: int, tick_steps: int, tick: int, limit: int,
+                             env: distributed.DistEnv) -> None:
+    if env.is_main and tick_skipped > SKIPPED_WARNING_FRACTION * tick_steps:
+        stop = f"training stops after {limit} in a row" if limit else "--max-skipped-in-a-row 0: it never stops"
+        log.warning("tick %d: %d of its %d steps were skipped (non-finite loss or gradient); %s", tick,
+                    tick_skipped, tick_steps, stop)
 
 
 def save_snapshot(run_dir: Path, cfg: ModelConfig, G: Generator, G_ema: Generator, D: Discriminator,
                   G_opt: torch.optim.Optimizer, D_opt: torch.optim.Optimizer, augment: AugmentPipe | None,
                   ada: AdaptiveP | None, *, step: int, cur_nimg: int, cur_tick: int, skipped: int,
                   opts: TrainOptions) -> None:
-    save_checkpoint(network_path(run_dir, cur_nimg), cfg, G_ema=G_ema, G=G, D=D,
-                    metadata={"kimg": cur_nimg / 1000, "step": step})
-    save_state(state_path(run_dir, cur_nimg), {
+    state = {
         "step": step, "cur_nimg": cur_nimg, "cur_tick": cur_tick, "skipped": skipped,
         "G_opt": G_opt.state_dict(), "D_opt": D_opt.state_dict(),
         "augment_p": float(augment.p) if augment is not None else 0.0,
         "ada": ada.state_dict() if ada is not None else {},
         "options": json.dumps(dataclasses.asdict(opts)),
-    })
+    }
+    needed = tensor_bytes([net.state_dict() for net in (G, G_ema, D)]) + tensor_bytes(state)
+    write_snapshot(run_dir, cur_nimg, lambda path: save_checkpoint(path, cfg, G_ema=G_ema, G=G, D=D,
+                                                                   metadata={"kimg": cur_nimg / 1000, "step": step}),
+                   state, needed)
     log.info("snapshot %s", network_path(run_dir, cur_nimg).name)
 
 
@@ -470,6 +531,22 @@ def _record_nimg(line: str) -> int | None:
         return None
 
 
+# Options that say how to continue (not what is trained): changing them on resume needs no warning.
+RESUME_CONTROLS = frozenset({"resume", "kimg", "run", "out", "force", "device", "workers", "progress",
+                             "tensorboard", "image_ticks", "metrics_ticks", "snapshot_ticks", "videos"})
+
+
+def warn_about_changed_options(original: dict[str, Any], resumed: dict[str, Any]) -> list[str]:
+    """Log one warning naming each training option the resume changes (e.g. ``batch_size 4 → 8``); returns
+    those descriptions."""
+    changed = [f"{name} {original[name]!r} → {value!r}" for name, value in resumed.items()
+               if name not in RESUME_CONTROLS and name in original and original[name] != value]
+    if changed:
+        log.warning("resuming with options that differ from the run's own (options.json): %s; the continued "
+                    "run is not the one started", ", ".join(changed))
+    return changed
+
+
 class RunLogger:
     """Rank 0's view of the run: progress bar, stats.jsonl, optional TensorBoard, image grids."""
 
@@ -479,7 +556,13 @@ class RunLogger:
         if start_nimg > 0:
             for log_file in (run_dir / "stats.jsonl", *run_dir.glob("metric-*.jsonl")):
                 drop_records_after(log_file, start_nimg)
-        (run_dir / "options.json").write_text(json.dumps(dataclasses.asdict(opts), indent=2))
+        options = dataclasses.asdict(opts)
+        options_file = run_dir / "options.json"
+        if start_nimg > 0 and options_file.is_file():
+            warn_about_changed_options(json.loads(options_file.read_text()), options)
+            # options.json stays the run's original record; each resume's options go beside it.
+            options_file = run_dir / f"options-resumed-{start_nimg:010d}.json"
+        options_file.write_text(json.dumps(options, indent=2))
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         self.stats_file = (run_dir / "stats.jsonl").open("a")
         self.writer = None
@@ -516,7 +599,8 @@ class RunLogger:
         record.update(extra)
         if torch.cuda.is_available():
             record["resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        self.stats_file.write(json.dumps(record) + "\n")
+        # A skipped step's NaN loss is written as null: stats.jsonl is strict JSON.
+        self.stats_file.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
         self.stats_file.flush()
         if self.writer is not None:
             for k, v in record.items():

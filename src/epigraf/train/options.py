@@ -94,7 +94,12 @@ class TrainOptions:
     detector: str | None = option(None, "a TorchScript detector instead of Inception (non-standard numbers; tests)")
     resume: str | None = option(None, '"latest" (newest snapshot in --out/--run) or a training-state path')
     transfer: str | None = option(None, "network checkpoint whose weights (not state) initialise G, G_ema, D")
-    run: str | None = option(None, "an explicit run folder (default: a new numbered one under --out)")
+    run: str | None = option(None, "an explicit run folder (default: a new numbered one under --out); an existing "
+                                   "one needs --resume or --force; under torchrun, give it after `train`")
+    force: bool = option(False, "start afresh in an existing --run folder, deleting its snapshots and logs")
+    max_skipped_in_a_row: int = option(
+        100, "stop with an error once this many consecutive steps were skipped as non-finite; 0 = never"
+    )
     device: str = option("auto", "auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU)")
     workers: int = option(2, "data-loading processes")
     bf16: bool = option(False, "bfloat16 autocast for G and D forward passes (GPU)")
@@ -121,6 +126,10 @@ class TrainOptions:
             raise ValueError("--r1-interval and --ada-interval must be ≥ 1")
         if self.resume is not None and self.transfer is not None:
             raise ValueError("--resume (full training state) and --transfer (weights only) are exclusive")
+        if self.max_skipped_in_a_row < 0:
+            raise ValueError(f"--max-skipped-in-a-row must be ≥ 0, got {self.max_skipped_in_a_row}")
+        if self.force and self.resume is not None:
+            raise ValueError("--force (start afresh in --run) and --resume (continue it) are exclusive")
         if self.snapshot_ticks < 1 or self.image_ticks < 0 or self.metrics_ticks < 0:
             raise ValueError("--snapshot-ticks must be ≥ 1, --image-ticks and --metrics-ticks ≥ 0")
 

@@ -2,20 +2,26 @@
 
 A snapshot at ``cur_nimg`` images is the pair ``network-<nimg>.safetensors`` and
 ``training-state-<nimg>.pt``; the state file is written last, so a pair is complete iff the state file
-exists. Both writes are atomic (temporary file, then rename), so a killed run never leaves a torn file; it
-may leave a ``*.tmp`` file of an unfinished write, which resuming removes.
+exists, and a failed state write removes the network file it would have completed. Both writes are atomic
+(temporary file, then rename), so a killed run never leaves a torn file; it may leave a ``*.tmp`` file of an
+unfinished write, which resuming removes.
 The state file holds only tensors, numbers, strings and containers and is read with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
+import errno
+import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
-from epigraf.files import TEMPORARY_SUFFIX, atomic_write
+from epigraf.compat.snapshot import weights_only_refusal
+from epigraf.files import TEMPORARY_SUFFIX, atomic_write, check_free_space, no_space_error
 
 NETWORK_PATTERN = "network-{nimg:010d}.safetensors"
 STATE_PATTERN = "training-state-{nimg:010d}.pt"
@@ -35,6 +41,63 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in nested dicts, lists and tuples (what a snapshot of them needs on disk)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """True for the ways a full disk surfaces: ENOSPC, safetensors' wrapped os error 28, and torch's zip
+    writer noticing a short write ("unexpected pos")."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(err) or "unexpected pos" in str(err)
+
+
+def write_snapshot(run_dir: Path, nimg: int, write_network: Callable[[Path], object], state: dict[str, Any],
+                   needed_bytes: int) -> None:
+    """Write the pair for ``nimg``: ``write_network(path)`` first, then ``state``.
+
+    Refuses up front when the run folder's device has less than ``needed_bytes`` free. Any failure removes
+    the network file (never a network without its training state) and raises OSError naming the path:
+    "no space left on device (needed ~N MB at PATH …)" for a full disk, the cause otherwise."""
+    network, state_file = network_path(run_dir, nimg), state_path(run_dir, nimg)
+    check_free_space(network, needed_bytes)
+    try:
+        write_network(network)
+        save_state(state_file, state)
+    except (OSError, RuntimeError, SafetensorError) as err:
+        network.unlink(missing_ok=True)
+        if _is_disk_full(err):
+            raise no_space_error(network, needed_bytes) from err
+        raise OSError(f"cannot write the snapshot {state_file.name} in {run_dir}: {err}") from err
+
+
+# What a training writes into its run folder; --force deletes these (and nothing else) to start afresh.
+RUN_FILE_PATTERNS = ("network-*.safetensors", "training-state-*.pt", "*.jsonl", "options*.json", "config.json",
+                     "reals.png", "fakes-*.png", "video-*", "events.out.tfevents.*", f"*{TEMPORARY_SUFFIX}")
+
+
+def prepare_run_dir(run_dir: Path, force: bool) -> None:
+    """Create ``run_dir`` for a new training. A folder that already holds a run's files is refused (a new run
+    would mix its snapshots and logs with the old one's, and ``--resume latest`` could pick a stale
+    snapshot) unless ``force``, which deletes those files first."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    previous = sorted({p for pattern in RUN_FILE_PATTERNS for p in run_dir.glob(pattern) if p.is_file()})
+    if previous and not force:
+        raise ValueError(f"the run folder {run_dir} already holds a run ({len(previous)} files, e.g. "
+                         f"{previous[0].name}): pass --resume latest to continue it, --force to start afresh "
+                         "(deleting them), or another --run")
+    for path in previous:
+        path.unlink()
+
+
 def remove_unfinished_writes(run_dir: Path) -> list[Path]:
     """Delete the ``*.tmp`` files a killed run left (each as large as a snapshot); returns what it removed."""
     removed = [p for p in run_dir.glob(f"*{TEMPORARY_SUFFIX}") if p.is_file()]
@@ -48,6 +111,8 @@ def load_state(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"training state not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} is not an epigraf training state: {weights_only_refusal(err)}") from None
     except Exception as err:  # torch raises several types for foreign or torn files
         raise ValueError(f"{path} is not a readable epigraf training state: {err}") from err
 

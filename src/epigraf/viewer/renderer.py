@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from epigraf.geometry import extract_geometry
 from epigraf.inference import DEFAULT_RAY_STEP_MULTIPLIER, DEFAULT_TRUNCATION, depth_normals, with_ray_steps
 from epigraf.latents import seeds_to_ws
 from epigraf.nn.generator import Generator
+from epigraf.runtime import release_memory
 from epigraf.viewer.params import (
     DEFAULT_MESH_GRID,
     MAX_RAY_STEP_MULTIPLIER,
@@ -58,12 +60,20 @@ from epigraf.viewer.params import (
     FrameRequest,
     Latent,
     MeshRequest,
+    ParameterError,
     Sequencing,
     ViewLimits,
 )
 
 DEFAULT_CACHE_SIZE = 8
 DEFAULT_MAX_RESOLUTION = 1024
+# Work a single request may ask for. Ray samples bound a frame's time and its per-chunk activations (1024² at
+# the default 2 × 48 steps is 100 M; at × 8 steps, 400 M, minutes on a CPU); mesh grid points bound a mesh's
+# field queries and its volume (512³ = 134 M points, > 8 GB).
+MAX_FRAME_SAMPLES = 2**27
+MAX_MESH_POINTS = 256**3
+# A request whose work, at the speed measured on this machine's earlier requests, would take longer is refused.
+DEFAULT_MAX_REQUEST_S = 60.0
 ZOOM_IN = 8
 # Clients whose newest sequence number is remembered; the oldest is forgotten first (tabs come and go).
 MAX_CLIENTS = 1024
@@ -127,7 +137,8 @@ class Renderer:
     """
 
     def __init__(self, G: Generator, cache_size: int = DEFAULT_CACHE_SIZE,
-                 max_resolution: int = DEFAULT_MAX_RESOLUTION, name: str = "", checkpoint: str | None = None) -> None:
+                 max_resolution: int = DEFAULT_MAX_RESOLUTION, name: str = "", checkpoint: str | None = None,
+                 max_request_s: float = DEFAULT_MAX_REQUEST_S) -> None:
         if cache_size < 1:
             raise ValueError(f"--cache-size must be ≥ 1, got {cache_size}")
         if max_resolution < MIN_RESOLUTION:
@@ -146,6 +157,8 @@ class Renderer:
         self._newest: OrderedDict[str, int] = OrderedDict()
         self._scenes: OrderedDict[Latent, tuple[Tensor, Tensor]] = OrderedDict()
         self._counts = {"frames": 0, "superseded": 0, "cache_hits": 0, "cache_misses": 0, "meshes": 0}
+        self.max_request_s = max_request_s
+        self._work_per_s: dict[str, float] = {}  # frame samples / mesh points per second, measured
 
     # ------------------------------------------------------------------------------------------- info
 
@@ -174,15 +187,46 @@ class Renderer:
 
     # ------------------------------------------------------------------------------------------- frames
 
-    def frame(self, req: FrameRequest, seqn: Sequencing | None = None) -> Frame:
-        """Render and encode one view; raises Superseded when a newer request of the same client exists."""
+    # ------------------------------------------------------------------------------------------- work bounds
+
+    def frame_samples(self, req: FrameRequest) -> int:
+        return req.resolution**2 * self.G.cfg.render.num_ray_steps * req.ray_steps
+
+    def _check_work(self, kind: str, amount: int, limit: int, unit: str, hint: str) -> None:
+        """Raise ParameterError (a 400) when a request's work is over ``limit`` or, at the speed measured on this
+        machine, would take longer than ``max_request_s``."""
+        if amount > limit:
+            raise ParameterError(f"this {kind} needs {amount:,} {unit}, over the {limit:,} a request may ask for; "
+                                 f"{hint}")
+        rate = self._work_per_s.get(kind)
+        if rate is not None and amount / rate > self.max_request_s:
+            raise ParameterError(f"this {kind} would take ~{amount / rate:.0f} s on this machine, over the "
+                                 f"{self.max_request_s:.0f} s a request may take; {hint}")
+
+    def _measured(self, kind: str, amount: int, seconds: float) -> None:
+        rate = amount / max(seconds, 1e-6)
+        old = self._work_per_s.get(kind)
+        self._work_per_s[kind] = rate if old is None else 0.7 * old + 0.3 * rate
+
+    def frame(self, req: FrameRequest, seqn: Sequencing | None = None,
+              client_gone: Callable[[], bool] | None = None) -> Frame:
+        """Render and encode one view; raises Superseded when a newer request of the same client exists or
+        ``client_gone()`` says its connection closed while it waited, and ParameterError when it is too much work."""
+        samples = self.frame_samples(req)
+        self._check_work("frame", samples, MAX_FRAME_SAMPLES, "ray samples", "lower res or steps")
         seqn = seqn or Sequencing()
         self._announce(seqn)
         with self._model_lock:
             self._check_newest(seqn)
+            if client_gone is not None and client_gone():
+                with self._seq_lock:
+                    self._counts["superseded"] += 1
+                raise Superseded("the page closed the connection before its frame was rendered")
             t0 = time.perf_counter()
             image, hit = self.render(req)
             render_ms = (time.perf_counter() - t0) * 1000
+            if hit:  # a miss also synthesises tri-planes: not the rate of rendering
+                self._measured("frame", samples, render_ms / 1000)
         return Frame(encode_image(image, req.image_format), CONTENT_TYPES[req.image_format], render_ms, hit)
 
     def render(self, req: FrameRequest) -> tuple[np.ndarray, bool]:
@@ -253,9 +297,16 @@ class Renderer:
     def mesh(self, req: MeshRequest) -> tuple[bytes, str]:
         """A coloured mesh file of the latent (as ``epigraf mesh``, tri-plane cube, automatic level unless given)
         → (bytes, file name)."""
+        points = req.grid**3
+        self._check_work("mesh", points, MAX_MESH_POINTS, "grid points", "lower grid")
         with self._model_lock, torch.no_grad():
             ws, _, _ = self._scene(req.latent)
-            geo = extract_geometry(self.G, ws, req.grid, level=req.level)
+            t0 = time.perf_counter()
+            try:
+                geo = extract_geometry(self.G, ws, req.grid, level=req.level)
+            finally:
+                release_memory()  # a mesh's volume and field queries are the viewer's largest allocations
+            self._measured("mesh", points, time.perf_counter() - t0)
         if len(geo.mesh.faces) == 0:
             raise ValueError(f"no surface at level {geo.level:.4g}: try another level")
         name = f"{scene_name(req.latent)}.{req.mesh_format}"

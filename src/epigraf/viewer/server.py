@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -45,6 +46,9 @@ _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'
         "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 _WILDCARDS = ("", "0.0.0.0", "::")
 _LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
+# A connection that sends nothing (an idle keep-alive, a stalled client) for this long is closed, so that
+# abandoned connections do not hold a thread each forever.
+IDLE_TIMEOUT_S = 30.0
 
 
 def _read_static() -> dict[str, bytes]:
@@ -58,7 +62,8 @@ class ViewerServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, renderer: Renderer, host: str = "127.0.0.1", port: int = 8000,
-                 allowed_hosts: tuple[str, ...] | list[str] = ()) -> None:
+                 allowed_hosts: tuple[str, ...] | list[str] = (), idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+        self.idle_timeout_s = idle_timeout_s
         if ":" in host:
             self.address_family = socket.AF_INET6
         try:
@@ -90,6 +95,19 @@ class ViewerHandler(BaseHTTPRequestHandler):
     server: ViewerServer
     server_version = "epigraf-view"
 
+    def setup(self) -> None:
+        self.timeout = self.server.idle_timeout_s  # StreamRequestHandler applies it to the socket
+        super().setup()
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its connection (readable with nothing to read), e.g. the page was closed
+        or navigated away while its frame waited for the model."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
     def do_GET(self) -> None:
         refusal = self._refusal()
         if refusal is not None:
@@ -114,7 +132,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
             self._json(409, {"error": str(err), "superseded": True})
         except ValueError as err:  # ParameterError, and the model's own checks on a request's values
             self._json(400, {"error": str(err)})
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             log.debug("%s closed the connection before the answer", self.client_address[0])
         except Exception as err:  # a failed request must not stop the server (e.g. out of memory)
             log.exception("request %s failed", self.path)
@@ -123,7 +141,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
     def _frame(self, query: str) -> None:
         renderer = self.server.renderer
         req, seqn = parse_frame(query, renderer.limits)
-        frame = renderer.frame(req, seqn)
+        frame = renderer.frame(req, seqn, self._client_gone)
         headers = {"X-Render-Ms": f"{frame.render_ms:.1f}", "X-Cache": "hit" if frame.cache_hit else "miss"}
         if seqn.seq is not None:
             headers["X-Seq"] = str(seqn.seq)
