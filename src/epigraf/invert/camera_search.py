@@ -42,8 +42,11 @@ def search_camera(fit: LatentFit, config: InversionConfig, progress: bool = Fals
     camera = fit.G.cfg.camera
     angles = candidate_angles(camera, config.search_yaws, config.search_pitches, config.search_span)
     angles = angles.to(fit.w_mean.device)
-    w = fit.initial_w(len(angles))
     resolution = min(config.search_resolution, fit.target.shape[-1])
-    _, _, losses = fit.run(w, angles, config.search_steps, refine_camera=False, resolution=resolution,
-                           progress="camera search" if progress else None, full_loss=False)
+    losses = []
+    for batch in angles.split(config.search_batch):
+        _, _, loss = fit.run(fit.initial_w(len(batch)), batch, config.search_steps, refine_camera=False,
+                             resolution=resolution, progress="camera search" if progress else None, full_loss=False)
+        losses.append(loss)
+    losses = torch.cat(losses)
     return angles[losses.argmin()][None], losses

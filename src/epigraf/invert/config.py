@@ -40,6 +40,7 @@ class InversionConfig:
     search_span: float = 2.0
     search_steps: int = 20
     search_resolution: int = 32
+    search_batch: int = 7  # candidates fitted together; bounds memory (each holds its own render graph)
     # Pivotal tuning (PTI): fine-tune G around the found latent; locality keeps G's other samples unchanged.
     pti_steps: int = 0
     pti_lr: float = 3e-4
@@ -49,7 +50,8 @@ class InversionConfig:
     def __post_init__(self) -> None:
         if self.space not in SPACES:
             raise ValueError(f"--space must be one of {list(SPACES)}, got {self.space!r}")
-        for name in ("steps", "search_yaws", "search_pitches", "mean_samples", "search_resolution"):
+        for name in ("steps", "search_yaws", "search_pitches", "mean_samples", "search_resolution",
+                     "search_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
         for name in ("search_steps", "pti_steps"):
