@@ -239,6 +239,13 @@ def test_load_target_converts_grayscale_and_rgba_and_says_so(tmp_path, caplog):
         assert f"is {mode}, not RGB" in caplog.text
 
 
+def test_transparent_pixels_take_the_model_background(tmp_path):
+    clear = tmp_path / "clear.png"
+    Image.fromarray(np.zeros((20, 20, 4), dtype=np.uint8), "RGBA").save(clear)
+    assert (load_target(clear, RES) == -1).all()
+    assert (load_target(clear, RES, white_background=True) == 1).all()
+
+
 def test_load_target_rejects_non_square_and_tiny_images(tmp_path, caplog):
     wide = write_image(tmp_path / "wide.png", (40, 20), "RGB")
     with pytest.raises(ValueError, match="not square.*--fit"):

@@ -169,9 +169,8 @@ def run(args: argparse.Namespace) -> int:
     perceptual = None if args.no_perceptual else find_perceptual(args.perceptual_weights, args.device)
     progress = sys.stderr.isatty()
     for image in args.images:
-        target = load_target(image, G.cfg.image_resolution, args.fit)
+        target = load_target(image, G.cfg.image_resolution, args.fit, G.cfg.render.white_back)
         angles = given_camera(args, image)
-        torch.manual_seed(config.seed)
         result = invert(G, target.to(args.device), config, angles, perceptual, progress)
         yaw, pitch = result.latent.cameras.angles[0, :2].tolist()
         log.info("%s: PSNR %.2f dB at yaw %.3f, pitch %.3f (%s)%s", image.name, result.psnr, yaw, pitch,

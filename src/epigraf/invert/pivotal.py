@@ -18,6 +18,7 @@ from epigraf.config import CameraConfig
 from epigraf.invert.config import InversionConfig
 from epigraf.invert.fit import reconstruction_loss, render_image
 from epigraf.invert.losses import InceptionPerceptual, mse
+from epigraf.latents import one_hot
 from epigraf.nn.generator import Generator
 
 
@@ -46,8 +47,7 @@ def pivotal_tune(G: Generator, ws: torch.Tensor, angles: torch.Tensor, target: t
         loss = reconstruction_loss(image, target, config, perceptual).sum()
         if config.locality_weight > 0:
             z = torch.randn(1, G.z_dim, generator=generator).to(device)
-            c = None if G.c_dim == 0 else torch.nn.functional.one_hot(
-                torch.tensor([config.class_index]), G.c_dim).float().to(device)
+            c = one_hot([config.class_index], G.c_dim).to(device) if G.c_dim > 0 else None
             with torch.no_grad():
                 w_random = G.mapping(z, c)
                 w_local = ws.lerp(w_random, config.locality_mix)

@@ -24,18 +24,18 @@ FITS = ("none", "center-crop", "resize")
 MIN_SIDE = 16
 
 
-def to_rgb(image: Image.Image, name: str) -> Image.Image:
-    """RGB as is; grayscale, palette and RGBA/LA converted (alpha composited on black, the renderer's
-    background), saying so."""
+def to_rgb(image: Image.Image, name: str, white_background: bool = False) -> Image.Image:
+    """RGB as is; grayscale, palette and RGBA/LA converted, saying so. Transparency is composited on the
+    model's background colour: black, or white for a ``white_back`` model."""
     if image.mode == "RGB":
         return image
+    transparent = "A" in image.getbands() or "transparency" in image.info
     log.warning("%s is %s, not RGB: converted to RGB%s", name, image.mode,
-                " (transparent pixels become black)" if "A" in image.getbands() or "transparency" in image.info
-                else "")
-    if "A" in image.getbands() or "transparency" in image.info:
+                f" (transparent pixels become {'white' if white_background else 'black'})" if transparent else "")
+    if transparent:
         rgba = image.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(black, rgba).convert("RGB")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255) if white_background else (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 
 
@@ -67,8 +67,9 @@ def fit_square(image: Image.Image, resolution: int, fit: str, name: str) -> Imag
     return image
 
 
-def load_target(path: str | os.PathLike, resolution: int, fit: str = "none") -> Tensor:
-    """An image file → float [1, 3, resolution, resolution] in [−1, 1]."""
+def load_target(path: str | os.PathLike, resolution: int, fit: str = "none",
+                white_background: bool = False) -> Tensor:
+    """An image file → float [1, 3, resolution, resolution] in [−1, 1] (see ``to_rgb`` for transparency)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
@@ -78,7 +79,7 @@ def load_target(path: str | os.PathLike, resolution: int, fit: str = "none") -> 
             image = opened
     except OSError as err:
         raise ValueError(f"{path} is not a readable image: {err}") from err
-    image = fit_square(to_rgb(image, path.name), resolution, fit, path.name)
+    image = fit_square(to_rgb(image, path.name, white_background), resolution, fit, path.name)
     return pil_to_tensor(image)
 
 
