@@ -55,6 +55,7 @@ def bench(G: Generator, resolution: int, config: InversionConfig, perceptual, re
                    repeats, device) * len(grid) / len(chunk)
     ws = fit.expand(fit.initial_w(1))
     one_step = InversionConfig(pti_steps=1, seed=config.seed)
+    # Includes pivotal_tune's one copy of G, paid once per inversion, not per step: an upper bound per step.
     pti = timed(lambda: pivotal_tune(G, ws, angles, target, resolution, one_step, perceptual), repeats, device)
     total = config.steps * step + config.search_steps * search
     return {"resolution": resolution, "step_s": step, "search_step_s": search, "pti_step_s": pti,
@@ -68,8 +69,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--perceptual", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: torch's); 1 on a shared machine where threads wait for cores")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/invert.json"))
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     G = Generator(preset(args.preset).generator).to(args.device).eval()
     config = InversionConfig()
