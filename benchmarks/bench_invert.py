@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--perceptual", action="store_true")
+    parser.add_argument("--search-batch", type=int, default=InversionConfig.search_batch,
+                        help="camera-search candidates per batch (memory: ffhq256 at 7 needs ~13 GB)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: torch's); 1 on a shared machine where threads wait for cores")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/invert.json"))
@@ -77,7 +79,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     G = Generator(preset(args.preset).generator).to(args.device).eval()
-    config = InversionConfig()
+    config = InversionConfig(search_batch=args.search_batch)
     perceptual = find_perceptual(None, args.device) if args.perceptual else None
     rows = []
     for resolution in args.resolutions:
