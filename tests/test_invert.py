@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
 from epigraf.cli import main
+from epigraf.commands.invert import dataset_camera
 from epigraf.config import CameraConfig, GeneratorConfig, ModelConfig, RenderConfig
 from epigraf.export.images import save_png, to_uint8
 from epigraf.invert import (
@@ -311,6 +312,21 @@ def test_cli_takes_the_camera_from_dataset_json(cli_files):
     assert torch.allclose(angles, torch.tensor([[0.1, 1.4, 0.0]]))
     (root / "dataset.json").write_text(json.dumps({"camera_angles": {"other.png": [0.1, 1.4, 0.0]}}))
     assert run_cli(root, checkpoint, photo, "--camera-json", str(root / "dataset.json")) == 2
+
+
+def test_dataset_json_keys_match_as_in_training(tmp_path):
+    """Keys without extension (the built-in dataset's), from the json's folder; elsewhere by a unique name."""
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    (data / "images" / "a").mkdir(parents=True)
+    outside.mkdir()
+    image = write_image(data / "images" / "a" / "000.png", (16, 16), "RGB")
+    angles = {"images/a/000": [0.1, 1.4, 0.0], "images/b/000": [0.2, 1.5, 0.0], "images/a/001": [0.3, 1.6, 0.0]}
+    (data / "dataset.json").write_text(json.dumps({"camera_angles": angles}))
+    assert torch.allclose(dataset_camera(data / "dataset.json", image), torch.tensor([[0.1, 1.4, 0.0]]))
+    with pytest.raises(ValueError, match="several camera_angles entries"):
+        dataset_camera(data / "dataset.json", write_image(outside / "000.png", (16, 16), "RGB"))
+    assert torch.allclose(dataset_camera(data / "dataset.json", write_image(outside / "001.png", (16, 16), "RGB")),
+                          torch.tensor([[0.3, 1.6, 0.0]]))
 
 
 def test_cli_errors_are_one_line(cli_files, tmp_path, capsys):

@@ -28,6 +28,7 @@ import torch
 from epigraf.camera_paths import PATHS, camera_path
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
 from epigraf.data.metadata import parse_camera_angles
+from epigraf.data.sources import image_key, match_keys
 from epigraf.export.images import depth_to_uint8, save_png, to_uint8
 from epigraf.export.mesh import MESH_FORMATS, save_mesh
 from epigraf.export.video import resolve_format, video_path, write_video
@@ -88,8 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def dataset_camera(json_path: Path, image: Path) -> torch.Tensor:
     """The ``camera_angles`` entry of ``image`` in a dataset.json → angles [1, 3].
 
-    The entry's key is the image's path relative to the json's folder, or — when that does not match —
-    its file name, if exactly one key has that name.
+    Keys match as ``epigraf train`` matches them (``match_keys``: with or without extension, relative to the
+    json's folder or a sub-folder); an image outside the json's folder is matched by its file name, which must
+    then name exactly one entry.
     """
     if not json_path.is_file():
         raise FileNotFoundError(f"--camera-json not found: {json_path}")
@@ -101,18 +103,17 @@ def dataset_camera(json_path: Path, image: Path) -> torch.Tensor:
         raise ValueError(f"{json_path} has no camera_angles field")
     parsed = parse_camera_angles(data["camera_angles"])
     try:
-        key = image.resolve().relative_to(json_path.resolve().parent).as_posix()
+        relative = image.resolve().relative_to(json_path.resolve().parent).as_posix()
     except ValueError:
-        key = None
-    if key not in parsed.keys:
-        same_name = [k for k in parsed.keys if Path(k).name == image.name]
-        if len(same_name) != 1:
-            raise ValueError(f"{json_path} has {'no' if not same_name else 'several'} camera_angles entries for "
-                             f"{image.name}")
-        key = same_name[0]
-    if key not in parsed.values:
-        raise ValueError(f"{json_path}: the camera_angles entry {key!r} is not [yaw, pitch, roll] numbers")
-    return torch.from_numpy(parsed.values[key]).float()[None]
+        relative = image.name
+    match = match_keys(parsed.keys, [image_key(relative)])
+    entries = [*match.matched, *match.ambiguous]  # with one image, only keys landing on it are ambiguous
+    if len(entries) != 1:
+        raise ValueError(f"{json_path} has {'no' if not entries else 'several'} camera_angles entries for "
+                         f"{relative}{': ' + ', '.join(entries[:3]) if entries else ''}")
+    if entries[0] not in parsed.values:
+        raise ValueError(f"{json_path}: the camera_angles entry {entries[0]!r} is not [yaw, pitch, roll] numbers")
+    return torch.from_numpy(parsed.values[entries[0]]).float()[None]
 
 
 def given_camera(args: argparse.Namespace, image: Path) -> torch.Tensor | None:
