@@ -44,6 +44,7 @@ TRUE_ANGLES = torch.tensor([[0.25, math.pi / 2 - 0.1, 0.0]])
 TOL_ANGLE = 0.1  # radians, yaw and pitch of the estimated camera
 NOVEL_YAW = 0.3  # novel views at the true yaw ± this
 FIT = InversionConfig(steps=150, search_steps=15, camera_lr=0.02)
+COLOUR_GAIN = 4.0
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,13 +64,19 @@ def tiny_config() -> GeneratorConfig:
 
 @pytest.fixture(scope="module")
 def G() -> Generator:
+    """A random tiny generator with its colour output scaled ×COLOUR_GAIN. At initialisation the colours are
+    faint (std ≈ 0.2) and a view 0.3 rad away looks almost the same (PSNR ≈ 25 dB between the two), so no
+    test could tell a 3D fit from a 2D one; scaled, the views differ (≈ 13–16 dB)."""
     torch.manual_seed(0)
-    return Generator(tiny_config()).eval()
+    G = Generator(tiny_config()).eval()
+    with torch.no_grad():
+        G.field.mlp.model[-1].weight[:3] *= COLOUR_GAIN
+    return G
 
 
 @pytest.fixture(scope="module")
 def true_ws(G) -> torch.Tensor:
-    return G.mapping(torch.randn(1, 16, generator=torch.Generator().manual_seed(5))).detach()
+    return G.mapping(torch.randn(1, 16, generator=torch.Generator().manual_seed(7))).detach()
 
 
 @pytest.fixture(scope="module")
@@ -105,26 +112,39 @@ def test_estimated_camera_is_within_tolerance(estimated):
 
 
 @pytest.mark.parametrize("offset", [-NOVEL_YAW, NOVEL_YAW])
-def test_novel_views_match_the_true_latent(G, true_ws, estimated, offset):
+def test_novel_views_match_the_true_latent(G, true_ws, target, estimated, offset):
+    """The 3D check: the input photo itself, the best a 2D-only fit can offer for another view, must lose."""
     view = TRUE_ANGLES.clone()
     view[0, 0] += offset
     with torch.no_grad():
         truth = render_image(G, true_ws, view, RES)
-        found = render_image(estimated.generator, estimated.latent.ws, view, RES)
-        start = render_image(G, estimated.latent.ws * 0 + G.mapping(torch.randn(500, 16)).mean(0, keepdim=True),
-                             view, RES)
-    assert psnr(found, truth).item() > 22.0
-    assert psnr(found, truth).item() > psnr(start, truth).item() + 8
+        found = psnr(render_image(estimated.generator, estimated.latent.ws, view, RES), truth).item()
+    assert found > 22.0
+    assert found > psnr(target, truth).item() + 6
 
 
 def test_pivotal_tuning_raises_input_view_psnr_and_leaves_g_untouched(estimated, target):
     before = {k: v.clone() for k, v in estimated.untuned.state_dict().items()}
     ws, angles = estimated.latent.ws, estimated.latent.cameras.angles
-    tuned = pivotal_tune(estimated.untuned, ws, angles, target, RES, InversionConfig(pti_steps=40, pti_lr=3e-3))
+    tuned = pivotal_tune(estimated.untuned, ws, angles, target, RES, InversionConfig(pti_steps=40, pti_lr=1e-3))
     with torch.no_grad():
         gain = psnr(render_image(tuned, ws, angles, RES), target) - estimated.psnr
     assert gain.item() > 1.0
     assert all(torch.equal(v, estimated.untuned.state_dict()[k]) for k, v in before.items())
+
+
+def test_locality_regulariser_keeps_other_latents_renders(G, estimated, target):
+    ws, angles = estimated.latent.ws, estimated.latent.cameras.angles
+    others = G.mapping(torch.randn(4, 16, generator=torch.Generator().manual_seed(99))).detach()
+    views = TRUE_ANGLES.expand(4, -1)
+
+    def drift(locality_weight: float) -> float:
+        config = InversionConfig(pti_steps=40, pti_lr=1e-3, locality_weight=locality_weight)
+        tuned = pivotal_tune(estimated.untuned, ws, angles, target, RES, config)
+        with torch.no_grad():
+            return psnr(render_image(tuned, others, views, RES), render_image(G, others, views, RES)).mean().item()
+
+    assert drift(1.0) > drift(0.0) + 1.0  # PSNR to the untuned renders: higher = less drift
 
 
 def test_a_given_camera_is_kept_and_the_run_is_deterministic(G, target):
@@ -145,7 +165,7 @@ def test_wplus_gives_one_w_per_layer(G, target):
 
 
 def test_pivotal_tuning_through_invert_reports_both_psnrs(G, target):
-    result = invert(G, target, InversionConfig(steps=20, pti_steps=20, pti_lr=3e-3), angles=TRUE_ANGLES)
+    result = invert(G, target, InversionConfig(steps=20, pti_steps=20, pti_lr=1e-3), angles=TRUE_ANGLES)
     assert result.psnr_tuned > result.psnr
     assert result.generator is not result.untuned
 
