@@ -1,7 +1,8 @@
 """Fitting a latent (and the camera) to a target image by gradient descent through the renderer.
 
-    fit = LatentFit(G, target, config, perceptual)      # starts at the mean latent
-    fit.run(angles, steps, refine_camera=True)           # w (or w+), noise maps and optionally yaw/pitch
+    fit = LatentFit(G, target, config, perceptual)
+    w, angles, loss = fit.run(fit.initial_w(1), angles, steps, refine_camera=True, resolution=64)
+    ws = fit.expand(w)                                   # [1, num_ws, w_dim]
 
 Rendering is deterministic (fixed ray samples, the generator's constant noise maps), so the loss is a
 function of the latent and the camera alone and a seed fixes the whole run.
