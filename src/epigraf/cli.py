@@ -23,6 +23,7 @@ COMMANDS = {
     "import": "import_original",
     "dataset": "dataset",
     "view": "view",
+    "invert": "invert",
 }
 
 

@@ -1,0 +1,87 @@
+"""One photo → a latent, a camera and (optionally) a pivotally tuned generator.
+
+    result = invert(G, target)                                  # target [1, 3, R, R] in [−1, 1]
+    result = invert(G, target, angles=torch.tensor([[0.3, 1.5, 0.0]]))   # a known camera is kept fixed
+    out = result.generator.render(result.generator.synthesize(result.latent.ws), result.latent.cameras)
+
+Without a camera: a coarse search over the model's camera distribution (``camera_search``), then the latent
+and the camera are refined together. The given G is never modified; ``result.generator`` is a copy carrying
+the optimised noise maps (and, with ``pti_steps``, the tuned weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from epigraf.cameras import checked_angles
+from epigraf.invert.camera_search import search_camera
+from epigraf.invert.config import InversionConfig
+from epigraf.invert.fit import LatentFit, downsample, render_image
+from epigraf.invert.latent import Latent, set_noise
+from epigraf.invert.losses import InceptionPerceptual, psnr
+from epigraf.invert.pivotal import pivotal_tune
+from epigraf.nn.generator import Generator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Inversion:
+    """The result: ``latent`` (ws [1, num_ws, w_dim], camera, noise maps), the generator to render it with
+    (pivotally tuned when asked), the generator before tuning (carrying the fitted noise maps; the same object
+    without tuning), and the PSNR (dB) at the input view before and after tuning (equal without it)."""
+
+    latent: Latent
+    generator: Generator
+    untuned: Generator
+    psnr: float
+    psnr_tuned: float
+
+
+def _checked_target(G: Generator, target: Tensor, resolution: int) -> Tensor:
+    if target.ndim != 4 or target.shape[:2] != (1, 3) or target.shape[2] != target.shape[3]:
+        raise ValueError(f"the target must be one square RGB image [1, 3, R, R], got {list(target.shape)}")
+    device = next(G.parameters()).device
+    return downsample(target.float().to(device), resolution)
+
+
+def invert(G: Generator, target: Tensor, config: InversionConfig | None = None, angles: Tensor | None = None,
+           perceptual: InceptionPerceptual | None = None, progress: bool = False) -> Inversion:
+    """Fit a latent to ``target`` [1, 3, R, R] (values in [−1, 1]); ``angles`` [1, 3] fixes the camera.
+
+    The fit runs at ``config.resolution`` (default: the model's image resolution); the target is resized to it.
+    """
+    config = config or InversionConfig()
+    resolution = config.resolution or G.cfg.image_resolution
+    target = _checked_target(G, target, resolution)
+    work = copy.deepcopy(G).eval()
+    fit = LatentFit(work, target, config, perceptual)
+    if angles is None:
+        angles, losses = search_camera(fit, config, progress)
+        log.info("camera search: best of %d views at yaw %.3f, pitch %.3f (loss %.4f)", len(losses),
+                 angles[0, 0].item(), angles[0, 1].item(), losses.min().item())
+        refine = True
+    else:
+        angles = checked_angles(angles.reshape(1, 3).float()).to(target.device)
+        refine = False
+    w, angles, _ = fit.run(fit.initial_w(1), angles, config.steps, refine_camera=refine, resolution=resolution,
+                           progress="inverting" if progress else None)
+    noise = {k: v.detach() for k, v in fit.noise.items()}
+    set_noise(work, noise)
+    ws = fit.expand(w)
+    with torch.no_grad():
+        fitted = psnr(render_image(work, ws, angles, resolution), target).item()
+    result_G, tuned = work, fitted
+    if config.pti_steps > 0:
+        result_G = pivotal_tune(work, ws, angles, target, resolution, config, perceptual, progress)
+        with torch.no_grad():
+            tuned = psnr(render_image(result_G, ws, angles, resolution), target).item()
+    metadata = {"space": config.space, "steps": config.steps, "seed": config.seed, "psnr": fitted,
+                "pti_steps": config.pti_steps, "psnr_tuned": tuned, "camera_estimated": refine}
+    latent = Latent(ws.detach(), G.cameras(angles.detach()), noise, metadata)
+    return Inversion(latent, result_G, work, fitted, tuned)
