@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     real: RealStatistics | None = None
     if extractor is not None:
         need_features = any(METRICS[n].kind == "kid" for n in feature_metrics)
-        real = real_statistics(dataset, extractor, keep_features=need_features, cache_dir=cache_dir)
+        real = real_statistics(dataset, extractor, keep_features=need_features, cache_dir=cache_dir, progress=True)
 
     results = []
     for name in names:
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         for mode in modes:
             result = compute_metric(G, dataset, name, mode, extractor, args.batch_size, args.device, num=num,
                                     seed=args.seed, resolution=args.resolution, deterministic=args.deterministic,
-                                    real_stats=real, cache_dir=cache_dir)
+                                    real_stats=real, cache_dir=cache_dir, progress=True)
             print(f"protocol: {result.protocol}")
             results.append(result)
 
