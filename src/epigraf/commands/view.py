@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
                         checkpoint=str(args.checkpoint))
     server = ViewerServer(renderer, args.host, args.port, args.allow_host)
     print(f"epigraf view: {ckpt.config.name or args.checkpoint.name} at {server.url}  (Ctrl+C to stop)", flush=True)
+    for url in server.other_urls:
+        print(f"  also at {url}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
