@@ -54,14 +54,18 @@ def test_fakes_schedule_follows_the_clock_in_the_first_hour_then_the_ticks():
     assert s.due(50, 66 * minute) and s.due(100, 500 * minute)
     assert not FakesSchedule(every_ticks=50, every_minutes=0, start=0.0).due(1, 30 * minute)
     assert not FakesSchedule(every_ticks=0, every_minutes=10, start=0.0).due(50, 30 * minute)
+    assert s.on_tick(100) and not s.on_tick(4)  # only tick-based grids come with a video
 
 
-@pytest.mark.parametrize(("image_ticks", "kimg", "grids_at"), [(1000, 0.012, [0, 8, 12]), (0, 0.004, [])])
+# (images shown, with a video): no video at start or with an off-schedule snapshot; one at the end.
+@pytest.mark.parametrize(("image_ticks", "kimg", "grids_at"),
+                         [(1000, 0.012, [(0, False), (8, False), (12, True)]), (0, 0.004, [])])
 def test_training_writes_a_grid_at_start_and_with_every_snapshot(tmp_path, monkeypatch, image_ticks, kimg, grids_at):
     """Ticks of 4 images, a snapshot every 2 ticks and at the end; tick-based grids never (every 1000 ticks), or
     no grids at all (0). Grids are recorded, not rendered: test_train checks the files."""
     written = []
-    monkeypatch.setattr(RunLogger, "save_fakes", lambda self, G_ema, dataset, cfg, cur_nimg: written.append(cur_nimg))
+    monkeypatch.setattr(RunLogger, "save_fakes",
+                        lambda self, G_ema, dataset, cfg, cur_nimg, video: written.append((cur_nimg, video)))
     make_dataset(tmp_path / "data")
     train(options(tmp_path, tick_kimg=0.004, kimg=kimg, image_ticks=image_ticks, snapshot_ticks=2),
           tiny_model_config())

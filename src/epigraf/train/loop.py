@@ -314,7 +314,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
     if logger is not None and resume is None:
         logger.save_reals(dataset)
         if opts.image_ticks:
-            logger.save_fakes(G_ema, dataset, cfg, cur_nimg)  # the initialisation: a first picture at once
+            logger.save_fakes(G_ema, dataset, cfg, cur_nimg, video=False)  # the initialisation, at once
     fid_detector = fid_feature_extractor(opts, device) if logger is not None and opts.metrics_ticks else None
 
     tick_start_nimg, tick_start_time = cur_nimg, time.time()
@@ -380,7 +380,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
                 "progress/skipped_steps": skipped,
             })
             if not snapshot_due and logger.fakes_schedule.due(cur_tick, time.time()):
-                logger.save_fakes(G_ema, dataset, cfg, cur_nimg)
+                logger.save_fakes(G_ema, dataset, cfg, cur_nimg, video=logger.fakes_schedule.on_tick(cur_tick))
             if fid_detector is not None and cur_tick % opts.metrics_ticks == 0:
                 logger.metric(compute_metric(G_ema, dataset, "fid2k_full", "dataset", fid_detector,
                                              device=device, num=opts.metrics_fakes), cur_nimg)
@@ -391,7 +391,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
                 save_snapshot(run_dir, cfg, G, G_ema, D, G_opt, D_opt, augment, ada,
                               step=step, cur_nimg=cur_nimg, cur_tick=cur_tick, skipped=skipped, opts=opts)
             if logger is not None and opts.image_ticks:  # after the snapshot: a stop's grace period goes to it first
-                logger.save_fakes(G_ema, dataset, cfg, cur_nimg)
+                logger.save_fakes(G_ema, dataset, cfg, cur_nimg, video=done or logger.fakes_schedule.on_tick(cur_tick))
         if done or interrupt.signal is not None:
             if interrupt.signal is not None and logger is not None:
                 log.info("received signal %d: snapshot written, exiting", interrupt.signal)
@@ -513,8 +513,10 @@ class RunLogger:
         images = torch.from_numpy(np.stack([dataset[int(i)].image for i in self.grid_idx])).float() / 127.5 - 1
         save_image_grid(images, self.run_dir / "reals.png")
 
-    def save_fakes(self, G_ema: Generator, dataset: ImageDataset, cfg: ModelConfig, cur_nimg: int) -> None:
-        """A grid of G_ema renders at the cameras and labels of the real grid, and a camera-path video."""
+    def save_fakes(self, G_ema: Generator, dataset: ImageDataset, cfg: ModelConfig, cur_nimg: int,
+                   video: bool = True) -> None:
+        """A grid of G_ema renders at the cameras and labels of the real grid, and (with ``video`` and
+        ``--videos``) a camera-path video."""
         if self.grid_idx is None:
             self.grid_idx = np.random.RandomState(self.opts.seed).randint(len(dataset), size=16)
         n = len(self.grid_idx)
@@ -525,7 +527,7 @@ class RunLogger:
             angles = sample_spherical_uniform(n, torch.Generator().manual_seed(self.opts.seed))
         save_image_grid(render_fake_grid(G_ema, z, c, angles), self.run_dir / f"fakes-{cur_nimg:010d}.png")
         self.fakes_schedule.last = time.time()
-        if self.opts.videos:
+        if video and self.opts.videos:
             save_camera_path_video(G_ema, z[:VIDEO_LATENTS], None if c is None else c[:VIDEO_LATENTS],
                                    self.run_dir / f"video-{cur_nimg:010d}")
 

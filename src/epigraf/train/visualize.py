@@ -43,7 +43,12 @@ class FakesSchedule:
         since_last = now - (self.start if self.last is None else self.last)
         early = (self.every_minutes > 0 and now - self.start < EARLY_SECONDS
                  and since_last >= self.every_minutes * 60)
-        return tick % self.every_ticks == 0 or early
+        return self.on_tick(tick) or early
+
+    def on_tick(self, tick: int) -> bool:
+        """Whether ``tick`` is on the tick-based schedule: its grid also gets the camera-path video. Grids at
+        start, by the clock or on a stop signal go without (a CPU spends minutes on a video)."""
+        return bool(self.every_ticks) and tick % self.every_ticks == 0
 
 
 def save_image_grid(images: Tensor, path: Path, columns: int = GRID_COLUMNS) -> Path:
