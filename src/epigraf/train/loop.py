@@ -513,8 +513,8 @@ class RunLogger:
         images = torch.from_numpy(np.stack([dataset[int(i)].image for i in self.grid_idx])).float() / 127.5 - 1
         save_image_grid(images, self.run_dir / "reals.png")
 
-    def save_fakes(self, G_ema: Generator, dataset: ImageDataset, cfg: ModelConfig, cur_nimg: int,
-                   video: bool = True) -> None:
+    def save_fakes(self, G_ema: Generator, dataset: ImageDataset, cfg: ModelConfig, cur_nimg: int, *,
+                   video: bool) -> None:
         """A grid of G_ema renders at the cameras and labels of the real grid, and (with ``video`` and
         ``--videos``) a camera-path video."""
         if self.grid_idx is None:
