@@ -25,7 +25,7 @@ from epigraf.checkpoint import load_checkpoint
 from epigraf.data.builtin import default_dir
 from epigraf.data.dataset import ImageDataset
 from epigraf.data.plots import font
-from epigraf.export.images import depth_to_uint8, image_grid, save_png, to_uint8
+from epigraf.export.images import depth_to_uint8, image_grid, to_uint8
 from epigraf.export.video import write_video
 from epigraf.geometry import extract_geometry
 from epigraf.inference import depth_normals, render_all

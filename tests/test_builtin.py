@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -287,3 +289,15 @@ def test_frustum_and_objects_fit_the_builtin_camera():
     rho = builtin.object_radius(cam.fov, cam.radius, cam.ray_start, cam.ray_end)
     assert rho <= min(cam.radius - cam.ray_start, cam.ray_end - cam.radius, cam.cube_scale)
     assert math.asin(rho / cam.radius) < math.radians(cam.fov) / 2  # the silhouette stays inside the image
+
+
+def test_pybullet_banner_is_printed_once_with_worker_processes(tmp_path):
+    """pybullet prints its build time to stderr from C on import; two spawned workers used to repeat it."""
+    pytest.importorskip("pybullet", reason=NEEDS_PYBULLET)
+    code = ("import sys; from epigraf.data import builtin; "
+            "builtin.build_builtin_dataset(sys.argv[1], resolution=16, num_objects=2, views_per_object=1, "
+            "workers=2, progress=False)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ds")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("pybullet build time") == 1

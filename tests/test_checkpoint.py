@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 
 import pytest
 import torch
@@ -87,3 +88,42 @@ def test_corrupt_config_metadata(tmp_path):
     save_file({"G_ema.x": torch.zeros(1)}, str(path), metadata={"format": "epigraf-checkpoint-1", "config": "{"})
     with pytest.raises(ValueError, match="stored config is unreadable"):
         load_checkpoint(path)
+
+
+def test_an_original_pickle_points_to_epigraf_import(tmp_path):
+    path = tmp_path / "network-snapshot-025000.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": None}, protocol=4))
+    with pytest.raises(ValueError, match=f"must first be converted: epigraf import {path} "
+                                         "--out network-snapshot-025000.safetensors"):
+        load_checkpoint(path)
+
+
+def test_a_pickle_by_content_points_to_epigraf_import(tmp_path):
+    path = tmp_path / "downloaded.bin"
+    path.write_bytes(pickle.dumps([1, 2], protocol=2))
+    with pytest.raises(ValueError, match="epigraf import"):
+        load_checkpoint(path)
+
+
+def test_a_training_state_points_to_the_network_file_beside_it(tmp_path):
+    path = tmp_path / "training-state-0000000512.pt"
+    torch.save({"step": 1}, path)
+    with pytest.raises(ValueError, match="training state .* the networks are in network-0000000512.safetensors"):
+        load_checkpoint(path)
+
+
+def test_another_torch_save_file_names_what_to_pass(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="torch.save file: pass a run's network-\\*.safetensors"):
+        load_checkpoint(path)
+
+
+def test_generate_refuses_a_pickle_in_one_line(tmp_path, capsys):
+    from epigraf.cli import main
+
+    path = tmp_path / "net.pkl"
+    path.write_bytes(pickle.dumps({}, protocol=4))
+    assert main(["generate", "--checkpoint", str(path), "--device", "cpu", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "epigraf import" in err and "Traceback" not in err

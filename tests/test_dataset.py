@@ -322,3 +322,27 @@ def test_cli_info_histogram_and_alpha_convert(tmp_path: Path, capsys: pytest.Cap
     assert "2 classes" in text and "cameras: none" in text
     assert not (tmp_path / "info" / "cameras.png").exists()
     assert math.isclose(json.loads((tmp_path / "info" / "info.json").read_text())["label_histogram"]["1"], 2)
+
+
+def test_cli_check_takes_the_camera_of_the_presets_the_dataset_matches(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The built-in data stores the builtin preset's fov 30° and radius 1: without --preset, check uses that
+    camera rather than FFHQ's 12° (and so does not suggest --fov 30)."""
+    names = make_images(tmp_path, 3)
+    write_meta(tmp_path, camera={"fov": 30.0, "radius": 1.0},
+               camera_angles={n.removesuffix(".png"): pose.tolist() for n, pose in zip(names, poses(3), strict=True)})
+    assert main(["dataset", "check", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "camera (preset plants256 / food256 / builtin, whose fov and radius the dataset stores): fov 30.0°" in text
+    assert "--fov" not in text and text.rstrip().endswith("OK")
+
+
+def test_cli_check_without_a_matching_preset_says_it_uses_the_ffhq_camera(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    names = make_images(tmp_path, 3)
+    write_meta(tmp_path, camera={"fov": 20.0, "radius": 1.0},
+               camera_angles={n.removesuffix(".png"): pose.tolist() for n, pose in zip(names, poses(3), strict=True)})
+    main(["dataset", "check", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert "camera (defaults (the FFHQ camera; --preset NAME checks a preset's)): fov 12.0°" in text
+    assert "use --fov 20.000" in text

@@ -217,5 +217,18 @@ def test_mesh_command_with_a_given_level_and_cube(dense_checkpoint, tmp_path, ca
     assert main([*args, "--level", "30", "--cube-size", "0.3"]) == 0
     verts, faces, _ = read_ply(tmp_path / "seed0000.ply")
     assert len(faces) > 0 and np.abs(verts).max() <= 0.15 + 1e-6
-    assert main([*args, "--level", "1000"]) == 2
+    assert main([*args, "--level", "1000", "--force"]) == 2
     assert "outside the volume's range" in capsys.readouterr().err
+
+
+def test_mesh_command_keeps_existing_files_unless_forced(dense_checkpoint, tmp_path, capsys):
+    """The policy shared with `epigraf import`: refuse before any work, name the file, suggest --force."""
+    args = ["mesh", "--checkpoint", str(dense_checkpoint), "--seeds", "0-1", "--resolution", "8",
+            "--formats", "ply", "mrc", "--out", str(tmp_path)]
+    earlier = tmp_path / "seed0001.mrc"
+    earlier.write_bytes(b"an earlier volume")
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == f"epigraf mesh: error: {earlier} exists; pass --force to overwrite"
+    assert earlier.read_bytes() == b"an earlier volume" and not (tmp_path / "seed0000.ply").exists()
+    assert main([*args, "--force"]) == 0
+    assert earlier.read_bytes() != b"an earlier volume" and (tmp_path / "seed0000.ply").is_file()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 import select
 import socket
 import subprocess
@@ -339,6 +340,25 @@ def test_an_idle_connection_is_closed_after_the_timeout(checkpoint):
         thread.join()
 
 
+def test_a_wildcard_bind_lists_and_accepts_the_machines_addresses(checkpoint, monkeypatch):
+    from epigraf.viewer import server as server_mod
+
+    monkeypatch.setattr(server_mod, "machine_addresses", lambda ipv6=False: ["10.9.8.7"])
+    renderer = Renderer(load_checkpoint(checkpoint).G_ema, cache_size=1, max_resolution=16, name="tiny")
+    srv = ViewerServer(renderer, "0.0.0.0", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = srv.server_address[1]
+        assert srv.url == f"http://127.0.0.1:{port}/" and srv.other_urls == [f"http://10.9.8.7:{port}/"]
+        assert get(srv, "/api/info", {"Host": f"10.9.8.7:{port}"})[0] == 200
+        assert get(srv, "/api/info", {"Host": f"10.9.8.6:{port}"})[0] == 403
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
 def test_requests_beyond_the_work_bounds_are_clear_400s(checkpoint):
     srv = ViewerServer(Renderer(load_checkpoint(checkpoint).G_ema, max_resolution=4096), "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -373,3 +393,22 @@ def test_a_frame_whose_page_has_gone_is_not_rendered(renderer):
     with pytest.raises(Superseded, match="closed the connection"):
         renderer.frame(request(renderer, "res=8"), client_gone=lambda: True)
     assert renderer.stats()["frames"] == frames
+
+
+def test_machine_addresses_are_not_loopback():
+    from epigraf.viewer.server import machine_addresses
+
+    assert all(not a.startswith("127.") and a != "::1" for a in machine_addresses(ipv6=True))
+
+
+def test_a_loopback_bind_lists_no_other_addresses(server):
+    assert server.other_urls == []
+
+
+def test_the_page_names_its_icon_inline_and_hidden_controls_stay_hidden(server):
+    """No /favicon.ico request (a console 404), and CSS cannot override the `hidden` attribute (the class row of
+    an unconditional model showed as an empty dropdown). test_viewer_e2e checks both in a browser."""
+    page = get(server, "/")[2].decode()
+    assert re.search(r'<link rel="icon" href="data:image/svg\+xml,', page)
+    css = get(server, "/viewer.css")[2].decode()
+    assert "[hidden] { display: none !important; }" in css

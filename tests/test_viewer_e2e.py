@@ -175,3 +175,26 @@ def test_orbit_zoom_errors_tabs_and_saved_png_match_generate(browser, server, tm
     saved, generated = save_and_generate(page, tmp_path / "depth", "seed0007_depth.png")
     assert np.abs(saved.astype(int) - generated.astype(int)).max() <= 1
     context.close()
+
+
+def test_laptop_screen_shows_only_the_controls_that_apply(browser, server, tmp_path):
+    """At 1280×800 with the command box open: the status line stays on screen, an unconditional model's class
+    row is hidden, the page asks the server for nothing missing (no /favicon.ico 404)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+    page.goto(server.url)
+    settled(page)
+    page.click("details summary")
+    page.wait_for_function("document.getElementById('status').textContent.length > 0", timeout=TIMEOUT_MS)
+    assert page.is_hidden("#class-row") and page.is_hidden("#error")
+    status = page.locator("#status").bounding_box()
+    assert status is not None and 0 <= status["y"] and status["y"] + status["height"] <= 800
+    assert page.evaluate("document.documentElement.scrollHeight") <= 800
+    shot = tmp_path / "laptop.png"
+    page.screenshot(path=str(shot))
+    assert Image.open(shot).size == (1280, 800)
+    assert failed == [] and page.evaluate("performance.getEntriesByType('resource')"
+                                          ".every(e => !e.name.endsWith('/favicon.ico'))")
+    context.close()

@@ -26,6 +26,7 @@ from epigraf.nn.budget import planned_state_dicts
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
 from epigraf.nn.state import check_state_fits, load_state_strict
+from epigraf.train.snapshot import NETWORK_PATTERN, STATE_RE
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,29 @@ def save_checkpoint(
     return path
 
 
+def _hint_for_foreign_file(path: Path) -> str:
+    """Where to go instead, for the files people pass as a checkpoint by mistake (judged by name and content)."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if (match := STATE_RE.search(path.name)) is not None:
+        network = path.with_name(NETWORK_PATTERN.format(nimg=int(match.group(1))))
+        return (f"; it is a training state (optimisers and counters, for --resume): the networks are in "
+                f"{network.name} beside it")
+    if path.suffix == ".pkl" or head[:1] == b"\x80":  # every pickle of protocol 2 or newer starts with 0x80
+        return (f"; an original EpiGRAF snapshot must first be converted: "
+                f"epigraf import {path} --out {path.stem}.safetensors")
+    if head == b"PK\x03\x04":  # torch.save writes a zip archive
+        return "; it is a torch.save file: pass a run's network-*.safetensors or a file written by epigraf import"
+    return ""
+
+
 def _read_metadata(path: Path) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{path} is not an epigraf checkpoint (not a readable safetensors file: {err})") from err
+        raise ValueError(f"{path} is not an epigraf checkpoint (not a readable safetensors file: {err})"
+                         f"{_hint_for_foreign_file(path)}") from err
 
 
 def _json_field(path: Path, meta: dict[str, str], field_name: str, default: str | None = None) -> Any:
@@ -122,9 +140,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise FileNotFoundError(f"checkpoint not found: {path}")
     meta = _read_metadata(path)
     if meta.get("format") != FORMAT:
-        hint = " (an original EpiGRAF .pkl must first be converted with `epigraf import`)" \
-            if path.suffix == ".pkl" else ""
-        raise ValueError(f"{path} is not an epigraf checkpoint: format {meta.get('format')!r}{hint}")
+        raise ValueError(f"{path} is not an epigraf checkpoint: format {meta.get('format')!r}"
+                         f"{_hint_for_foreign_file(path)}")
     try:
         config = from_dict(ModelConfig, _json_field(path, meta, "config"))
     except ValueError as err:

@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from epigraf.runtime import flush_denormals, tune_cpu_allocator
 
 # command name → module in epigraf.commands
@@ -47,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     tune_cpu_allocator()
     try:
-        return int(args.func(args) or 0)
+        # Log lines print above any progress bar instead of being glued onto its line.
+        with logging_redirect_tqdm():
+            return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as err:
         # User errors (bad dataset, checkpoint, flag value, a missing optional extra) get one clear line.
         print(f"epigraf {args.command}: error: {err}", file=sys.stderr)

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -153,11 +154,29 @@ def _convert_text(result: ConvertResult, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def _camera_config(args: argparse.Namespace, model: ModelConfig | None) -> tuple[CameraConfig, str]:
-    base = model.generator.camera if model is not None else CameraConfig()
+def presets_matching(stored: dict[str, float] | None) -> list[str]:
+    """The presets whose camera has the fov and radius a dataset stores (``dataset.json`` "camera")."""
+    if not stored or "fov" not in stored or "radius" not in stored:
+        return []
+    return [name for name in PRESETS
+            if math.isclose((cam := preset(name).generator.camera).fov, stored["fov"], rel_tol=1e-3)
+            and math.isclose(cam.radius, stored["radius"], rel_tol=1e-3)]
+
+
+def _camera_config(args: argparse.Namespace, model: ModelConfig | None,
+                   stored: dict[str, float] | None) -> tuple[CameraConfig, str]:
+    """The camera to check: --preset's, else that of the presets matching the dataset's stored camera (the
+    built-in data stores the builtin preset's), else the FFHQ defaults; then the flags' overrides."""
+    matching = presets_matching(stored)
+    if model is not None:
+        base, origin = model.generator.camera, f"preset {args.preset}"
+    elif matching:
+        base = preset(matching[0]).generator.camera
+        origin = f"preset {' / '.join(matching)}, whose fov and radius the dataset stores"
+    else:
+        base, origin = CameraConfig(), "defaults (the FFHQ camera; --preset NAME checks a preset's)"
     overrides = {name: getattr(args, name) for name in ("fov", "radius", "ray_start", "ray_end", "cube_scale",
                                                         "distribution") if getattr(args, name) is not None}
-    origin = f"preset {args.preset}" if args.preset else "defaults (the FFHQ camera)"
     if overrides:
         origin += " with " + ", ".join(f"{k}={v}" for k, v in overrides.items())
     camera = dataclasses.replace(base, **overrides)
@@ -168,10 +187,10 @@ def _camera_config(args: argparse.Namespace, model: ModelConfig | None) -> tuple
 
 def run_check(args: argparse.Namespace) -> int:
     model = preset(args.preset) if args.preset else None
-    camera, origin = _camera_config(args, model)
     report = validate_dataset(args.path, decode=not args.headers_only)
     print(report)
     index = report.index
+    camera, origin = _camera_config(args, model, index.camera if index is not None else None)
     c_dim = 0 if index is None or index.labels is None else index.labels.shape[1]
     if model is not None and report.ok and model.generator.c_dim != c_dim:
         print(f"warning: preset {args.preset} is conditioned on {model.generator.c_dim} classes but the dataset's "

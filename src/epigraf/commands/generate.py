@@ -16,6 +16,7 @@ import torch
 
 from epigraf.camera_paths import points, take
 from epigraf.checkpoint import load_checkpoint
+from epigraf.commands.arguments import add_device_argument
 from epigraf.config import PRESETS, preset
 from epigraf.export.images import depth_to_uint8, image_grid, save_png, to_uint8
 from epigraf.inference import (
@@ -41,7 +42,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="an epigraf checkpoint (.safetensors)")
     src.add_argument("--preset", choices=PRESETS, help="a randomly initialised generator of this preset")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(p)
 
 
 def add_latent_arguments(p: argparse.ArgumentParser, default_seeds: str = "0") -> None:

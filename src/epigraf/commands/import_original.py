@@ -14,6 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from epigraf.commands.arguments import add_force_argument, refuse_to_overwrite
 from epigraf.compat.importer import import_original
 from epigraf.config import PRESETS
 
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cfg.add_argument("--preset", choices=PRESETS, default=None, help="use one of our presets' architecture")
     p.add_argument("--out", type=Path, default=None,
                    help="output checkpoint (default: <source stem>.safetensors beside the source)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    add_force_argument(p)
     p.set_defaults(func=run)
 
 
@@ -39,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out or source.with_suffix(".safetensors")
     if out.resolve() == source.resolve():
         raise ValueError(f"the output {out} would overwrite the source; pass another --out")
-    if out.exists() and not args.force:
-        raise ValueError(f"{out} exists; pass --force to overwrite it")
+    refuse_to_overwrite([out], args.force)
     ckpt = import_original(source, out, config=args.config, preset=args.preset)
     nets = ", ".join(name for name in ("G_ema", "G", "D") if getattr(ckpt, name) is not None)
     params = sum(p.numel() for p in ckpt.G_ema.parameters())

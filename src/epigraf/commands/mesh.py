@@ -6,11 +6,13 @@ import argparse
 import logging
 from pathlib import Path
 
+from epigraf.commands.arguments import add_force_argument, refuse_to_overwrite
 from epigraf.commands.generate import add_latent_arguments, add_model_arguments, prepare
 from epigraf.export.mesh import MESH_FORMATS, save_mesh
 from epigraf.export.mrc import write_mrc
 from epigraf.geometry import extract_geometry
 from epigraf.isosurface import BACKENDS, skimage_available
+from epigraf.latents import parse_seeds
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto = marching cubes from scikit-image when installed, else built-in marching tetrahedra")
     p.add_argument("--out", type=Path, default=Path("meshes"), help="output folder")
+    add_force_argument(p)
     p.set_defaults(func=run)
+
+
+def _output(args: argparse.Namespace, seed: int, fmt: str) -> Path:
+    return args.out / f"seed{seed:04d}.{fmt}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,13 +51,15 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "auto" and not skimage_available():
         log.info("scikit-image is not installed: using the built-in marching tetrahedra "
                  "(pip install 'epigraf[mesh]' for marching cubes)")
+    refuse_to_overwrite([_output(args, seed, fmt) for seed in parse_seeds(args.seeds) for fmt in args.formats],
+                        args.force)
     G, seeds, ws = prepare(args)
     for i, seed in enumerate(seeds):
         geo = extract_geometry(G, ws[i:i + 1], args.resolution, args.cube_size, args.level, args.backend)
         log.info("seed %d: level %.4g (%s), %d vertices, %d faces", seed, geo.level,
                  "given" if args.level is not None else "automatic", len(geo.mesh.vertices), len(geo.mesh.faces))
         for fmt in args.formats:
-            path = args.out / f"seed{seed:04d}.{fmt}"
+            path = _output(args, seed, fmt)
             if fmt == "mrc":
                 write_mrc(geo.volume, path, geo.spacing, geo.origin)
             else:

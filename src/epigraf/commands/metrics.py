@@ -20,9 +20,8 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 from epigraf.checkpoint import load_checkpoint
+from epigraf.commands.arguments import add_device_argument
 from epigraf.metrics.evaluate import METRICS, MetricResult, compute_metric, metric_spec
 from epigraf.metrics.fid import RealStatistics, real_statistics
 from epigraf.metrics.inception import InceptionFeatures, TorchScriptFeatures
@@ -55,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", type=Path, default=None, help="real-statistics cache (default ~/.cache/epigraf)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached real statistics")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(p)
     p.add_argument("--out", type=Path, default=None, help="JSONL file to append results to")
     p.set_defaults(func=run)
 
@@ -121,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     real: RealStatistics | None = None
     if extractor is not None:
         need_features = any(METRICS[n].kind == "kid" for n in feature_metrics)
-        real = real_statistics(dataset, extractor, keep_features=need_features, cache_dir=cache_dir)
+        real = real_statistics(dataset, extractor, keep_features=need_features, cache_dir=cache_dir, progress=True)
 
     results = []
     for name in names:
@@ -129,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         for mode in modes:
             result = compute_metric(G, dataset, name, mode, extractor, args.batch_size, args.device, num=num,
                                     seed=args.seed, resolution=args.resolution, deterministic=args.deterministic,
-                                    real_stats=real, cache_dir=cache_dir)
+                                    real_stats=real, cache_dir=cache_dir, progress=True)
             print(f"protocol: {result.protocol}")
             results.append(result)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from epigraf.train.options import TrainOptions, add_options_arguments, options_from_args
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from epigraf.train.loop import train
 
-    result = train(options_from_args(args, TrainOptions))
-    print(result.run_dir)
+    opts = options_from_args(args, TrainOptions)
+    result = train(opts)
+    kimg = result.cur_nimg / 1000
+    if kimg < opts.kimg:
+        log.info("stopped at %g of %g kimg; continue with the same command and --resume latest (run folder %s)",
+                 kimg, opts.kimg, result.run_dir)
+    else:
+        log.info("finished %g kimg; networks and snapshots are in %s", kimg, result.run_dir)
     return 0

@@ -26,6 +26,7 @@ from epigraf.export.images import image_grid, to_uint8
 from epigraf.export.video import resolve_format, video_path, write_video
 from epigraf.inference import render_batches
 from epigraf.latents import interpolate_ws
+from epigraf.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,11 @@ def run(args: argparse.Namespace) -> int:
     render = {"resolution": args.resolution, "deterministic": not args.random, "batch_size": args.batch_size}
     cam = G.cfg.camera
 
-    def frames(latents, num_frames: int) -> Iterator[np.ndarray]:
+    def frames(latents, num_frames: int, name: str) -> Iterator[np.ndarray]:
         cameras = camera_path(args.path, num_frames, cam.fov, cam.radius)
-        for out in render_batches(G, latents, cameras, **render):
-            yield from to_uint8(out.image)
+        for images in track((to_uint8(out.image) for out in render_batches(G, latents, cameras, **render)),
+                            num_frames, name, "frame"):
+            yield from images
 
     def write(stream: Iterator[np.ndarray], name: str) -> None:
         log.info("wrote %s", write_video(stream, video_path(args.out / name, fmt), args.fps))
@@ -75,12 +77,15 @@ def run(args: argparse.Namespace) -> int:
         if len(seeds) < 2:
             raise ValueError("--interp needs at least two seeds")
         num_frames = args.frames * (len(seeds) - 1) + 1  # every seed lands exactly on a frame
-        write(frames(interpolate_ws(ws, num_frames), num_frames), f"interp_{args.path}")
+        name = f"interp_{args.path}"
+        write(frames(interpolate_ws(ws, num_frames), num_frames, name), name)
     elif args.grid is not None:
-        videos = [np.stack(list(frames(ws[i:i + 1], args.frames))) for i in range(len(seeds))]  # [T, H, W, 3] each
+        videos = [np.stack(list(frames(ws[i:i + 1], args.frames, f"seed {seed}")))  # [T, H, W, 3] each
+                  for i, seed in enumerate(seeds)]
         tiled = np.stack(videos, axis=1)  # [T, N, H, W, 3]
         write((image_grid(step, args.grid) for step in tiled), f"grid_{args.path}")
     else:
         for i, seed in enumerate(seeds):
-            write(frames(ws[i:i + 1], args.frames), f"seed{seed:04d}_{args.path}")
+            name = f"seed{seed:04d}_{args.path}"
+            write(frames(ws[i:i + 1], args.frames, name), name)
     return 0

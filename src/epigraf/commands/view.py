@@ -11,9 +11,8 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
-
 from epigraf.checkpoint import load_checkpoint
+from epigraf.commands.arguments import add_device_argument, add_port_argument
 from epigraf.viewer.renderer import DEFAULT_CACHE_SIZE, DEFAULT_MAX_RESOLUTION, Renderer
 from epigraf.viewer.server import ViewerServer
 
@@ -25,10 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=Path, help="an epigraf checkpoint (.safetensors), e.g. from epigraf import")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: this machine only; use SSH port forwarding to view remotely)")
-    p.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
+    add_port_argument(p, default=8000)
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also accept requests addressed to this host name (repeatable; for --host 0.0.0.0)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(p)
     p.add_argument("--cache-size", type=int, default=DEFAULT_CACHE_SIZE,
                    help="latents whose tri-planes are kept (an ffhq256 latent's take ~100 MB)")
     p.add_argument("--max-resolution", type=int, default=DEFAULT_MAX_RESOLUTION,
@@ -42,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
                         checkpoint=str(args.checkpoint))
     server = ViewerServer(renderer, args.host, args.port, args.allow_host)
     print(f"epigraf view: {ckpt.config.name or args.checkpoint.name} at {server.url}  (Ctrl+C to stop)", flush=True)
+    for url in server.other_urls:
+        print(f"  also at {url}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -52,11 +52,14 @@ import io
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
+import sys
 import uuid
 import xml.etree.ElementTree as ET
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -302,10 +305,27 @@ class RenderTask:
     far: float
 
 
-def _import_pybullet():
-    """pybullet, or ImportError naming the extra to install."""
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null: pybullet's C code prints its build banner there, past sys.stderr."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
-        import pybullet
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _import_pybullet():
+    """pybullet, or ImportError naming the extra to install. Its import banner shows once, from the main
+    process: worker processes import it silently."""
+    in_worker = multiprocessing.parent_process() is not None
+    try:
+        with _stderr_silenced() if in_worker else contextlib.nullcontext():
+            import pybullet
     except ImportError as err:
         raise ImportError("the built-in dataset renders pybullet's meshes: pip install 'epigraf[builtin]' "
                           "(or pip install pybullet)") from err
@@ -553,8 +573,6 @@ def _render_all(tasks: list[RenderTask], workers: int | None, progress: bool) ->
             hashes.update(render_object(task))
             bar.update()
     else:
-        import multiprocessing
-
         # spawn, not fork: the parent may hold torch threads, and forking a threaded process is unsafe.
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             for result in pool.imap_unordered(render_object, tasks):

@@ -42,6 +42,7 @@ from torch import Tensor
 from epigraf.cameras import Cameras, checked_angles
 from epigraf.metrics.sampling import MetricDataset, sample_conditions
 from epigraf.nn.generator import Generator
+from epigraf.progress import track
 from epigraf.rays import pixel_grid, world_rays
 
 __all__ = [
@@ -220,8 +221,9 @@ def consistency_metric(
     resolution: int | None = None,
     depth_tolerance: float | None = None,
     opacity_threshold: float = 0.9,
+    progress: bool = False,
 ) -> ConsistencyResult:
-    """The 3D-consistency protocol of the module docstring on a generator (G_ema)."""
+    """The 3D-consistency protocol of the module docstring on a generator (G_ema); ``progress``: a bar on stderr."""
     if num_latents < 1 or batch_size < 1:
         raise ValueError(f"num_latents and batch_size must be ≥ 1, got {num_latents} and {batch_size}")
     cam = G.cfg.camera
@@ -233,8 +235,9 @@ def consistency_metric(
     total = ReprojectionStats()
     G.eval()
     with torch.no_grad():
-        for start in range(0, num_latents, batch_size):
-            sl = slice(start, min(start + batch_size, num_latents))
+        batches = (range(start, min(start + batch_size, num_latents)) for start in range(0, num_latents, batch_size))
+        for latents in track(batches, num_latents, f"consistency ({camera_mode} cameras)", "latent", progress):
+            sl = slice(latents.start, latents.stop)
             base = angles_all[sl].to(device)
             c = None if labels_all is None else labels_all[sl].to(device)
             ws = G.mapping(z_all[sl].to(device), c, truncation_psi, camera_angles=base)

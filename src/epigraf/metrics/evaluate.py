@@ -36,6 +36,7 @@ from epigraf.metrics.sampling import (
     sample_conditions,
 )
 from epigraf.nn.generator import Generator
+from epigraf.progress import track
 
 __all__ = ["METRICS", "MetricResult", "MetricSpec", "compute_metric", "generate_images", "metric_spec"]
 
@@ -164,6 +165,7 @@ def compute_metric(
     cache_dir: str | os.PathLike | None | bool = None,
     real_stats: RealStatistics | None = None,
     real_batch_size: int = 64,
+    progress: bool = False,
 ) -> MetricResult:
     """Compute one metric of ``METRICS`` under one camera mode ("dataset" | "random").
 
@@ -171,7 +173,7 @@ def compute_metric(
     inject tiny networks); not needed for ``consistency``. num overrides the number of fakes (or latents),
     which makes the result non-standard (said so in ``protocol``). real_stats: precomputed real statistics
     (e.g. shared across metrics); otherwise they are read from / written to the cache (``cache_dir``: a
-    folder, None = default, False = off).
+    folder, None = default, False = off). progress: bars with ETA on stderr for the long loops.
     """
     spec = metric_spec(name)
     if camera_mode not in CAMERA_MODES:
@@ -183,7 +185,7 @@ def compute_metric(
     t0 = time.perf_counter()
     if spec.kind == "consistency":
         r = consistency_metric(G, dataset, camera_mode, num_latents=n, batch_size=batch_size, device=device,
-                               seed=seed, resolution=resolution)
+                               seed=seed, resolution=resolution, progress=progress)
         details = {"psnr": r.psnr, "valid_fraction": r.valid_fraction, **r.protocol}
         protocol = (f"consistency: reprojection error (mean |ΔRGB| in [0,1]) of view A into views at yaw ±"
                     f"{r.protocol['yaw_offset']} rad, {n} latents, cameras: {camera_mode}, deterministic rendering, "
@@ -195,8 +197,11 @@ def compute_metric(
     res = _check_resolution(G, dataset, resolution)
     need_features = spec.kind == "kid"
     if real_stats is None or (need_features and real_stats.features is None):
-        real_stats = real_statistics(dataset, feature_extractor, real_batch_size, need_features, cache_dir)
-    fakes = generate_images(G, dataset, n, camera_mode, batch_size, device, seed, res, deterministic=deterministic)
+        real_stats = real_statistics(dataset, feature_extractor, real_batch_size, need_features, cache_dir,
+                                     progress)
+    fakes = track(generate_images(G, dataset, n, camera_mode, batch_size, device, seed, res,
+                                  deterministic=deterministic), n, f"{name} fakes ({camera_mode} cameras)",
+                  enabled=progress)
     log.info("%s (%s cameras): extracting features of %d fakes", name, camera_mode, n)
     fake_moments, fake_features = extract_features(fakes, feature_extractor, keep_features=need_features)
     if spec.kind == "fid":

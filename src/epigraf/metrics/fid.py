@@ -31,6 +31,7 @@ from torch import Tensor
 from epigraf.files import atomic_write
 from epigraf.metrics.inception import FeatureExtractor
 from epigraf.metrics.sampling import MetricDataset, num_real_images, real_images
+from epigraf.progress import track
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -249,11 +250,12 @@ def real_statistics(
     batch_size: int = 64,
     keep_features: bool = False,
     cache_dir: str | os.PathLike | None | bool = None,
+    progress: bool = False,
 ) -> RealStatistics:
     """Detector statistics of all real images, read from or written to the cache.
 
     cache_dir: a folder, None for ``default_cache_dir()``, or False to bypass the cache. ``keep_features``
-    also returns (and caches) the raw features, which KID needs.
+    also returns (and caches) the raw features, which KID needs. ``progress``: a bar with ETA on stderr.
     """
     keyed = None if cache_dir is False else real_stats_cache_key(dataset, extractor.identity)
     path = None
@@ -269,7 +271,8 @@ def real_statistics(
     n = num_real_images(dataset)
     log.info("real statistics: extracting features of %d images", n)
     with torch.no_grad():
-        moments, features = extract_features(real_images(dataset, batch_size), extractor, keep_features)
+        batches = track(real_images(dataset, batch_size), n, "real-image features", enabled=progress)
+        moments, features = extract_features(batches, extractor, keep_features)
     stats = RealStatistics(moments, features, path, cache_hit=False)
     if keyed is not None and path is not None:
         _save_cached(path, keyed[1], stats)

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from epigraf.devices import parse_device
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -30,11 +32,11 @@ class DistEnv:
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    """``--device`` for this process: a bare ``cuda`` (or ``auto`` on a GPU machine) is the local rank's GPU."""
+    try:
+        device = parse_device(name)
+    except ValueError as err:
+        raise ValueError(f"--device {err}") from None
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     return device

@@ -51,7 +51,7 @@ from epigraf.train.snapshot import (
     tensor_bytes,
     write_snapshot,
 )
-from epigraf.train.visualize import render_fake_grid, save_camera_path_video, save_image_grid
+from epigraf.train.visualize import FakesSchedule, render_fake_grid, save_camera_path_video, save_image_grid
 
 log = logging.getLogger(__name__)
 
@@ -380,6 +380,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
             ada.load_state_dict(state["ada"])
         run_dir = network.parent
         if env.is_main:
+            log.info("resuming from %s at %g kimg (tick %d)", state_file.name, cur_nimg / 1000, cur_tick)
             for path in remove_unfinished_writes(run_dir):
                 log.info("removed %s, an unfinished write of the run that was stopped", path.name)
     elif opts.transfer is not None:
@@ -404,6 +405,8 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
     logger = RunLogger(run_dir, opts, cfg, env, start_nimg=cur_nimg) if env.is_main else None
     if logger is not None and resume is None:
         logger.save_reals(dataset)
+        if opts.image_ticks:
+            logger.save_fakes(G_ema, dataset, cfg, cur_nimg, video=False)  # the initialisation, at once
     fid_detector = fid_feature_extractor(opts, device) if logger is not None and opts.metrics_ticks else None
 
     tick_start_nimg, tick_start_time, tick_start_skipped, skipped_in_a_row = cur_nimg, time.time(), skipped, 0
@@ -451,6 +454,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
         elapsed = time.time() - tick_start_time
         warn_about_skipped_steps(skipped - tick_start_skipped, (cur_nimg - tick_start_nimg) // batch_size, cur_tick,
                                  opts.max_skipped_in_a_row, env)
+        snapshot_due = cur_tick % opts.snapshot_ticks == 0 or done or interrupt.signal is not None
         if logger is not None:
             logger.tick(cur_tick, cur_nimg, step, elapsed, cur_nimg - tick_start_nimg, stats, {
                 "schedule/beta": patch_beta(cur_nimg / 1000, cfg.patch),
@@ -460,17 +464,19 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
                 "augment/p": float(augment.p) if augment is not None else 0.0,
                 "progress/skipped_steps": skipped,
             })
-            if opts.image_ticks and cur_tick % opts.image_ticks == 0 or done:
-                logger.save_fakes(G_ema, dataset, cfg, cur_nimg)
+            if not snapshot_due and logger.fakes_schedule.due(cur_tick, time.time()):
+                logger.save_fakes(G_ema, dataset, cfg, cur_nimg, video=logger.fakes_schedule.on_tick(cur_tick))
             if fid_detector is not None and cur_tick % opts.metrics_ticks == 0:
                 logger.metric(compute_metric(G_ema, dataset, "fid2k_full", "dataset", fid_detector,
                                              device=device, num=opts.metrics_fakes), cur_nimg)
         distributed.barrier(env)  # rank 0 may have spent a while on images or metrics
         stats.clear()
-        if cur_tick % opts.snapshot_ticks == 0 or done or interrupt.signal is not None:
+        if snapshot_due:
             if env.is_main:
                 save_snapshot(run_dir, cfg, G, G_ema, D, G_opt, D_opt, augment, ada,
                               step=step, cur_nimg=cur_nimg, cur_tick=cur_tick, skipped=skipped, opts=opts)
+            if logger is not None and opts.image_ticks:  # after the snapshot: a stop's grace period goes to it first
+                logger.save_fakes(G_ema, dataset, cfg, cur_nimg, video=done or logger.fakes_schedule.on_tick(cur_tick))
         if done or interrupt.signal is not None:
             if interrupt.signal is not None and logger is not None:
                 log.info("received signal %d: snapshot written, exiting", interrupt.signal)
@@ -579,6 +585,7 @@ class RunLogger:
 
             self.bar = tqdm(total=opts.kimg, initial=start_nimg / 1000, unit="kimg", dynamic_ncols=True,
                             bar_format="{l_bar}{bar}| {n:.2f}/{total:.0f} kimg [{elapsed}<{remaining}{postfix}]")
+        self.fakes_schedule = FakesSchedule(opts.image_ticks, opts.image_minutes, start=time.time())
         self.grid_z: Tensor | None = None
         self.grid_idx: np.ndarray | None = None
         log.info("run folder: %s (%s on %s, %d process(es))", run_dir, cfg.name, env.device, env.world_size)
@@ -628,8 +635,10 @@ class RunLogger:
         images = torch.from_numpy(np.stack([dataset[int(i)].image for i in self.grid_idx])).float() / 127.5 - 1
         save_image_grid(images, self.run_dir / "reals.png")
 
-    def save_fakes(self, G_ema: Generator, dataset: ImageDataset, cfg: ModelConfig, cur_nimg: int) -> None:
-        """A grid of G_ema renders at the cameras and labels of the real grid, and a camera-path video."""
+    def save_fakes(self, G_ema: Generator, dataset: ImageDataset, cfg: ModelConfig, cur_nimg: int, *,
+                   video: bool) -> None:
+        """A grid of G_ema renders at the cameras and labels of the real grid, and (with ``video`` and
+        ``--videos``) a camera-path video."""
         if self.grid_idx is None:
             self.grid_idx = np.random.RandomState(self.opts.seed).randint(len(dataset), size=16)
         n = len(self.grid_idx)
@@ -639,7 +648,8 @@ class RunLogger:
         if not torch.isfinite(angles).all():
             angles = sample_spherical_uniform(n, torch.Generator().manual_seed(self.opts.seed))
         save_image_grid(render_fake_grid(G_ema, z, c, angles), self.run_dir / f"fakes-{cur_nimg:010d}.png")
-        if self.opts.videos:
+        self.fakes_schedule.last = time.time()
+        if video and self.opts.videos:
             save_camera_path_video(G_ema, z[:VIDEO_LATENTS], None if c is None else c[:VIDEO_LATENTS],
                                    self.run_dir / f"video-{cur_nimg:010d}")
 

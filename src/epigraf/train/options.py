@@ -84,7 +84,11 @@ class TrainOptions:
                                     "camera features, drop p --d-camera-cond-drop-p) plus --g-camera-cond")
     tick_kimg: float | None = option(None, "kimg per progress tick (default: the preset's, 4 paper, 0.5 builtin)")
     snapshot_ticks: int = option(50, "write a snapshot (weights + training state) every N ticks")
-    image_ticks: int = option(50, "grid of fakes (and, with --videos, a camera-path video) every N ticks; 0 = never")
+    image_ticks: int = option(
+        50, "grid of fakes (and, with --videos, a camera-path video) every N ticks, at start and with every "
+            "snapshot; 0 = never"
+    )
+    image_minutes: float = option(10.0, "in a run's first hour, also a grid every N minutes of wall time; 0 = off")
     videos: bool = option(True, "with each image grid, a short camera-path video of G_ema")
     metrics_ticks: int = option(100, "FID@2k every N ticks when Inception weights are available; 0 = never")
     metrics_fakes: int = option(2048, "fakes for that FID (2048 = the original's fid2k_full)")
@@ -130,8 +134,8 @@ class TrainOptions:
             raise ValueError(f"--max-skipped-in-a-row must be ≥ 0, got {self.max_skipped_in_a_row}")
         if self.force and self.resume is not None:
             raise ValueError("--force (start afresh in --run) and --resume (continue it) are exclusive")
-        if self.snapshot_ticks < 1 or self.image_ticks < 0 or self.metrics_ticks < 0:
-            raise ValueError("--snapshot-ticks must be ≥ 1, --image-ticks and --metrics-ticks ≥ 0")
+        if self.snapshot_ticks < 1 or self.image_ticks < 0 or self.metrics_ticks < 0 or self.image_minutes < 0:
+            raise ValueError("--snapshot-ticks must be ≥ 1, --image-ticks, --image-minutes and --metrics-ticks ≥ 0")
 
     @property
     def is_paper_preset(self) -> bool:

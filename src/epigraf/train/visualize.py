@@ -6,6 +6,7 @@ successive grids show the training's progress rather than sampling noise.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,35 @@ from epigraf.inference import render_batches
 from epigraf.nn.generator import Generator
 
 GRID_COLUMNS = 4
+EARLY_SECONDS = 3600.0  # the first hour of a run, in which grids also follow the clock
+
+
+@dataclass
+class FakesSchedule:
+    """When a tick writes a grid of fakes, besides the grids at start and with every snapshot.
+
+    Every ``every_ticks`` ticks, and in the first hour after ``start`` (seconds, ``time.time()``) also once
+    ``every_minutes`` of wall time have passed since the last grid: on a CPU the first tick-based grid comes
+    after hours, and a new user wants to see pictures within minutes. ``every_ticks`` = 0 turns grids off.
+    """
+
+    every_ticks: int
+    every_minutes: float
+    start: float
+    last: float | None = None
+
+    def due(self, tick: int, now: float) -> bool:
+        if not self.every_ticks:
+            return False
+        since_last = now - (self.start if self.last is None else self.last)
+        early = (self.every_minutes > 0 and now - self.start < EARLY_SECONDS
+                 and since_last >= self.every_minutes * 60)
+        return self.on_tick(tick) or early
+
+    def on_tick(self, tick: int) -> bool:
+        """Whether ``tick`` is on the tick-based schedule: its grid also gets the camera-path video. Grids at
+        start, by the clock or on a stop signal go without (a CPU spends minutes on a video)."""
+        return bool(self.every_ticks) and tick % self.every_ticks == 0
 
 
 def save_image_grid(images: Tensor, path: Path, columns: int = GRID_COLUMNS) -> Path:

@@ -51,6 +51,30 @@ _LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
 IDLE_TIMEOUT_S = 30.0
 
 
+_UNROUTED_ADDRESS = "192.0.2.1"  # TEST-NET-1: "connecting" a UDP socket to it sends nothing, only picks a route
+
+
+def machine_addresses(ipv6: bool = False) -> list[str]:
+    """This machine's own non-loopback IP addresses (IPv4; with ``ipv6`` also IPv6), for a wildcard bind:
+    those of its host name, and that of the interface the default route leaves by."""
+    found: dict[str, None] = {}
+    families = (socket.AF_INET, socket.AF_INET6) if ipv6 else (socket.AF_INET,)
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None)
+    except OSError:
+        infos = []
+    for family, _, _, _, sockaddr in infos:
+        if family in families:
+            found[str(sockaddr[0]).split("%")[0]] = None
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((_UNROUTED_ADDRESS, 9))
+            found[probe.getsockname()[0]] = None
+    except OSError:
+        pass  # no route: the host name's addresses are all there is
+    return [a for a in found if not a.startswith("127.") and a != "::1"]
+
+
 def _read_static() -> dict[str, bytes]:
     folder = resources.files("epigraf.viewer") / "static"
     return {name: (folder / name).read_bytes() for name, _ in _STATIC.values()}
@@ -75,8 +99,9 @@ class ViewerServer(ThreadingHTTPServer):
         self.static = _read_static()
         port = self.server_address[1]
         names = {*_LOCAL_NAMES, *(h.lower() for h in allowed_hosts)}
-        if host not in _WILDCARDS:
-            names.add(f"[{host.lower()}]" if ":" in host else host.lower())
+        # A wildcard bind is reached through the machine's own addresses: the page served there may call the API.
+        self.addresses = machine_addresses(ipv6=host == "::") if host in _WILDCARDS else [host.lower()]
+        names.update(f"[{a}]" if ":" in a else a for a in self.addresses)
         # Browsers leave the default port out of Host and Origin.
         self.allowed_hosts = {f"{n}:{port}" for n in names} | (names if port == 80 else set())
 
@@ -87,6 +112,14 @@ class ViewerServer(ThreadingHTTPServer):
         if host in _WILDCARDS:
             host = "127.0.0.1"
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+    @property
+    def other_urls(self) -> list[str]:
+        """The page's addresses on this machine's network interfaces, for a wildcard bind (else none)."""
+        if self.server_address[0] not in _WILDCARDS:
+            return []
+        port = self.server_address[1]
+        return [f"http://{f'[{a}]' if ':' in a else a}:{port}/" for a in self.addresses]
 
 
 class ViewerHandler(BaseHTTPRequestHandler):

@@ -1,0 +1,23 @@
+"""Progress bars with an ETA for the long loops of the commands (feature extraction, metrics, videos).
+
+Library functions take ``progress: bool`` (off by default, so the training loop and tests stay quiet) and
+wrap their batch loops in ``track``. The bar goes to stderr; the CLI routes log lines through tqdm
+(``logging_redirect_tqdm``) so they print above the bar instead of being glued onto it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sized
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T", bound=Sized)
+
+
+def track(batches: Iterable[T], total: int, desc: str, unit: str = "img", enabled: bool = True) -> Iterator[T]:
+    """Yield ``batches`` unchanged while a bar counts ``len(batch)`` of ``total`` items as each one is done."""
+    with tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch))
