@@ -26,7 +26,6 @@ from epigraf.nn.budget import planned_state_dicts
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
 from epigraf.nn.state import check_state_fits, load_state_strict
-from epigraf.train.snapshot import NETWORK_PATTERN, STATE_RE
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +71,9 @@ def save_checkpoint(
 
 def _hint_for_foreign_file(path: Path) -> str:
     """Where to go instead, for the files people pass as a checkpoint by mistake (judged by name and content)."""
+    # Imported here: the training package imports this module (and the original's importer) at its top.
+    from epigraf.train.snapshot import NETWORK_PATTERN, STATE_RE
+
     with path.open("rb") as f:
         head = f.read(4)
     if (match := STATE_RE.search(path.name)) is not None:
