@@ -1,4 +1,4 @@
-"""NeRF++ inverted-sphere background (SPEC §1.6, DETERMINISTIC.md §8)."""
+"""NeRF++ inverted-sphere background (docs/method.md §1.6, docs/deterministic-render.md §8)."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def _views(root):
 
 
 def _project(vertices, angles, fov, radius, res):
-    """Our camera model (SPEC §2.1–2.2): world points [N, 3] → (row, column) in pixels."""
+    """Our camera model (docs/method.md §2.1–2.2): world points [N, 3] → (row, column) in pixels."""
     c2w = cam2world_matrices(torch.tensor(angles[None], dtype=torch.float64), radius)[0].numpy()
     cam = (vertices - c2w[:3, 3]) @ c2w[:3, :3]  # world → camera axes (rotation is orthonormal)
     t = math.tan(math.radians(fov) / 2)
@@ -257,7 +257,8 @@ def _ks_statistic(samples, cdf):
 
 
 def test_cameras_uniform_on_the_sphere():
-    """yaw ~ U(−π, π) and cos(pitch) ~ U(−1, 1), as in Megascans (SPEC §6.3): KS distance below the 1% level."""
+    """yaw ~ U(−π, π) and cos(pitch) ~ U(−1, 1), as in Megascans (docs/method.md §6.3): KS distance below the
+    1% level."""
     n = 4000
     angles = builtin.object_cameras("shape-000", n, seed=0).double().numpy()
     critical = 1.63 / math.sqrt(n)  # KS critical value at significance 0.01
@@ -278,7 +279,8 @@ def test_catalogue():
 
 
 def test_frustum_and_objects_fit_the_builtin_camera():
-    """SPEC §11.7 for the ``builtin`` preset, and the objects inside the ray band and the cube from every view."""
+    """docs/method.md §11.7 for the ``builtin`` preset, and the objects inside the ray band and the cube from
+    every view."""
     cam = preset("builtin").generator.camera
     yaw, pitch = torch.meshgrid(torch.linspace(0, 2 * math.pi, 25), torch.linspace(1e-3, math.pi - 1e-3, 13),
                                 indexing="ij")

@@ -1,4 +1,4 @@
-"""Camera-format conversions (SPEC §2.1, §13): round trips, anchors, rays, and every bad input."""
+"""Camera-format conversions (docs/method.md §2.1, §13): round trips, anchors, rays, and every bad input."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def test_gl_cv_flip_is_an_involution_and_keeps_the_camera() -> None:
 
 
 def test_frontal_camera_anchors() -> None:
-    """The documented frontal camera in each format (SPEC §11.5 for ours)."""
+    """The documented frontal camera in each format (docs/method.md §11.5 for ours)."""
     frontal = np.array([[0.0, math.pi / 2, 0.0]])
     ours = cf.angles_to_cam2world(frontal, 1.0)[0]
     np.testing.assert_allclose(ours[:3, 3], [1, 0, 0], atol=1e-12)

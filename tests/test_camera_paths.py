@@ -1,4 +1,4 @@
-"""Camera paths (SPEC §7.2): the original's formulas, frame counts, seamless loops, pitch kept in (0, π)."""
+"""Camera paths (docs/method.md §7.2): the original's formulas, frame counts, seamless loops, pitch kept in (0, π)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Camera conventions: SPEC §11 properties 5, 6 and 7, pitch validation and no input mutation."""
+"""Camera conventions: docs/method.md §11 properties 5, 6 and 7, pitch validation and no input mutation."""
 
 from __future__ import annotations
 

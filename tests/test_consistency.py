@@ -68,7 +68,7 @@ def test_projection_axes_of_the_frontal_camera():
     assert xy[0, 0, 0] > 0 and abs(xy[0, 0, 1]) < 1e-6
     assert xy[0, 1, 1] > 0 and abs(xy[0, 1, 0]) < 1e-6
     assert torch.allclose(xy[0, 2], torch.zeros(2), atol=1e-6) and dist[0, 2] == pytest.approx(1.0)
-    # The top-left pixel's ray (SPEC §11 property 5) projects to (−1, 1).
+    # The top-left pixel's ray (docs/method.md §11 property 5) projects to (−1, 1).
     corner = torch.tensor([[[-0.9891, 0.1040, 0.1040]]])
     xy, _, _ = project_points(torch.tensor([[[1.0, 0.0, 0.0]]]) + corner, cams)
     torch.testing.assert_close(xy[0, 0], torch.tensor([-1.0, 1.0]), atol=2e-3, rtol=0)

@@ -1,4 +1,4 @@
-"""Image datasets (SPEC §6): validation messages, mirroring, folder vs zip, labels, and the CLI."""
+"""Image datasets (docs/method.md §6): validation messages, mirroring, folder vs zip, labels, and the CLI."""
 
 from __future__ import annotations
 
@@ -241,7 +241,7 @@ def test_keys_match_without_extension_and_root_prefix(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Frustum check (SPEC §11.7)
+# Frustum check (docs/method.md §11.7)
 # --------------------------------------------------------------------------------------------------
 
 def test_frustum_extent_matches_the_spec() -> None:

@@ -1,5 +1,5 @@
 """Discriminator: equivalence with the original's tiny fixtures, key/parameter layout of the paper
-presets, and the cheap properties of SPEC §4 / §11."""
+presets, and the cheap properties of docs/method.md §4 / §11."""
 
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ def test_preset_keys_shapes_and_parameter_count(preset):
     assert cfg.num_additional_start_blocks == data["config"]["num_additional_start_blocks"]
 
 
-# ---------------------------------------------------------------- properties (SPEC §4, §11)
+# ---------------------------------------------------------------- properties (docs/method.md §4, §11)
 
 
 def _small_cfg(**kw) -> DiscriminatorConfig:

@@ -1,4 +1,4 @@
-"""Generator: equivalence with the original (fixture groups a–d, f) and SPEC §11 properties 1 and 9."""
+"""Generator: equivalence with the original (fixture groups a–d, f) and docs/method.md §11 properties 1 and 9."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def test_triplane_query_mlp_and_render_match_original(tiny, original_fixtures):
     assert rel_err(field_out, original_fixtures.outputs("triplane_render")["out"]) < 1e-4
 
 
-# ----------------------------------------------------------------------------- SPEC §11 properties
+# ----------------------------------------------------------------------------- docs/method.md §11 properties
 
 
 def test_property_1_patch_render_is_a_crop_of_the_full_render():

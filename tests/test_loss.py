@@ -1,4 +1,4 @@
-"""The patch-wise GAN objective term by term (SPEC §5): R1, the D-input blur, independent fake/real patches,
+"""The patch-wise GAN objective term by term (docs/method.md §5): R1, the D-input blur, independent fake/real patches,
 GPC spoofing, the non-saturating signs, the EMA and the lazy-R1 Adam correction, as the trainer uses them.
 
 Generator and discriminator are replaced by small recording stand-ins where a term's value must be known
@@ -29,7 +29,7 @@ R, r = 32, 16
 
 
 def dense_blur_matrix(sigma: float, n: int) -> Tensor:
-    """SPEC §5.3 as an n×n matrix: taps ∝ 2^(−(t/σ)²) on integers |t| ≤ ⌊3σ⌋, normalised, zero outside."""
+    """docs/method.md §5.3 as an n×n matrix: taps ∝ 2^(−(t/σ)²) on integers |t| ≤ ⌊3σ⌋, normalised, zero outside."""
     radius = math.floor(3 * sigma)
     if radius == 0:
         return torch.eye(n)

@@ -1,4 +1,4 @@
-"""Patch parameters: SPEC §11 properties 2, 3 and 4, the `extract_patches` fixture, validation."""
+"""Patch parameters: docs/method.md §11 properties 2, 3 and 4, the `extract_patches` fixture, validation."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_beta_scale_mean(kimg, resolution, torch_generator):
 @pytest.mark.parametrize(("m", "kimg", "expected"), [(0.125, 0, 0.99913), (0.125, 1e4, 0.61111),
                                                      (0.25, 0, 0.99925), (0.25, 2e4, 0.66667)])
 def test_beta_scale_closed_form_means(m, kimg, expected):
-    """The schedule-driven E[s] (checked against draws above) reproduces SPEC §11's quoted values."""
+    """The schedule-driven E[s] (checked against draws above) reproduces docs/method.md §11's quoted values."""
     cfg = PatchConfig(image_resolution=round(64 / m), resolution=64)
     beta = schedules.patch_beta(kimg, cfg)
     assert cfg.min_scale + (1 - cfg.min_scale) / (1 + beta) == pytest.approx(expected, abs=1e-5)

@@ -1,4 +1,4 @@
-"""Ray grids: SPEC §11 property 1 (ray part) and the original's `rays` fixture case."""
+"""Ray grids: docs/method.md §11 property 1 (ray part) and the original's `rays` fixture case."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Samplers, compositing and schedules: SPEC §11 properties 8 and 10 and the original's fixture cases."""
+"""Samplers, compositing and schedules: docs/method.md §11 properties 8 and 10 and the original's fixture cases."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The safe reader of the original's snapshot pickles (SPEC §12.3, fixtures/original/PICKLE_FORMAT.md)."""
+"""The safe reader of the original's snapshot pickles (docs/method.md §12.3, docs/snapshot-format.md)."""
 
 from __future__ import annotations
 

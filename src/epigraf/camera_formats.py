@@ -1,4 +1,4 @@
-"""Camera-pose formats ↔ EpiGRAF's convention (SPEC §2.1, §13): angles, cam2world matrices, EG3D, Blender.
+"""Camera-pose formats ↔ EpiGRAF's convention (docs/method.md §2.1, §13): angles, cam2world matrices, EG3D, Blender.
 
 Our convention (see ``epigraf.cameras``): angles (yaw θ, pitch φ, roll) in radians, the camera at
 radius·(sin φ cos θ, cos φ, sin φ sin θ) looking at the world origin with +y up, OpenGL camera axes

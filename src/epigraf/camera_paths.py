@@ -1,4 +1,4 @@
-"""Camera paths for videos and multi-view grids (SPEC §7.2).
+"""Camera paths for videos and multi-view grids (docs/method.md §7.2).
 
 Every path returns a ``Cameras`` batch of T frames: angles [T, 3] (yaw, pitch, roll = 0; radians, pitch
 clamped into (0, π)), fov [T] (degrees) and radius [T]. ``fov`` and ``radius`` are the model's camera

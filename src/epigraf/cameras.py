@@ -1,4 +1,4 @@
-"""Cameras: angles → look-at-origin camera-to-world matrices, and camera-pose distributions (SPEC §2.1, §6.3).
+"""Cameras: angles → look-at-origin camera-to-world matrices, and camera-pose distributions (docs/method.md §2.1, §6.3).
 
 Convention (the original's): angles are (yaw θ, pitch φ, roll) in radians, roll ignored; pitch is the
 polar angle from +y (π/2 = horizon); yaw is measured in the x–z plane from +x towards +z; the camera sits

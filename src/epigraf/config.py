@@ -1,6 +1,6 @@
 """Typed configuration of the model: cameras, rendering, patches, generator, discriminator, presets.
 
-Every field has the paper's default (SPEC §1–§6); a preset per paper dataset fills in what differs.
+Every field has the paper's default (docs/method.md §1–§6); a preset per paper dataset fills in what differs.
 Configs are plain dataclasses so they serialise to JSON (``dataclasses.asdict``) and back (``from_dict``).
 """
 
@@ -20,7 +20,7 @@ CLAMP_MODES = ("softplus", "relu")
 
 @dataclass
 class CameraConfig:
-    """The virtual camera of a dataset (SPEC §2.1, §6.3). Distances in world units, fov in degrees."""
+    """The virtual camera of a dataset (docs/method.md §2.1, §6.3). Distances in world units, fov in degrees."""
 
     fov: float = 12.0
     radius: float = 1.0
@@ -42,7 +42,7 @@ class CameraConfig:
 
 @dataclass
 class SphereBackgroundConfig:
-    """NeRF++ inverted-sphere background MLP (SPEC §1.6). ``posenc_period_len`` L also fixes the number of
+    """NeRF++ inverted-sphere background MLP (docs/method.md §1.6). ``posenc_period_len`` L also fixes the number of
     Fourier frequencies, ⌈log2 L⌉ (6 for the default 64), as in the original."""
 
     num_blocks: int = 2
@@ -56,7 +56,7 @@ class SphereBackgroundConfig:
 
 @dataclass
 class RenderConfig:
-    """Volume rendering (SPEC §2.3–2.6)."""
+    """Volume rendering (docs/method.md §2.3–2.6)."""
 
     num_ray_steps: int = 48
     white_back: bool = False
@@ -81,7 +81,7 @@ class RenderConfig:
 
 @dataclass
 class PatchConfig:
-    """Patch-scale sampling (SPEC §3). ``min_scale`` defaults to resolution / image_resolution."""
+    """Patch-scale sampling (docs/method.md §3). ``min_scale`` defaults to resolution / image_resolution."""
 
     image_resolution: int = 256
     resolution: int = 64
@@ -115,7 +115,7 @@ class PatchConfig:
 
 @dataclass
 class GeneratorConfig:
-    """Tri-plane generator architecture (SPEC §1)."""
+    """Tri-plane generator architecture (docs/method.md §1)."""
 
     z_dim: int = 512
     w_dim: int = 512
@@ -148,7 +148,7 @@ class GeneratorConfig:
 
 @dataclass
 class DiscriminatorConfig:
-    """Patch discriminator (SPEC §4). ``input_resolution`` is the patch size r it sees."""
+    """Patch discriminator (docs/method.md §4). ``input_resolution`` is the patch size r it sees."""
 
     image_resolution: int = 256
     input_resolution: int = 64
@@ -185,7 +185,7 @@ class ModelConfig:
 
     def with_image_resolution(self, resolution: int) -> ModelConfig:
         """The same networks for ``resolution``² images: patches keep their size, so the smallest patch
-        scale becomes patch / image resolution and D gains or loses stride-1 start blocks (SPEC §4)."""
+        scale becomes patch / image resolution and D gains or loses stride-1 start blocks (docs/method.md §4)."""
         patch = self.patch.resolution
         if resolution < patch or resolution & (resolution - 1):
             raise ValueError(f"image resolution must be a power of two ≥ the {patch}² patches, got {resolution}")

@@ -1,5 +1,5 @@
 """Geometry of a generated scene: the raw density on a regular grid, an automatic iso-level, a coloured mesh
-(SPEC §7.3).
+(docs/method.md §7.3).
 
 The grid has ``resolution`` points per side over a cube of side ``cube_size`` centred at the world origin
 (spacing cube_size / (resolution − 1), endpoints included), world units; volumes are indexed [x, y, z] with x
@@ -11,7 +11,7 @@ density shift), as the original's.
 
 Iso-level rule (``auto_level``): the mesh should show the surface the renders show. A rendered ray's
 median termination point is where its accumulated opacity reaches ½, i.e. where the optical depth
-∫σ ds reaches ln 2 (SPEC §2.4). We march rays through the density grid itself along every grid line in
+∫σ ds reaches ln 2 (docs/method.md §2.4). We march rays through the density grid itself along every grid line in
 all six axis directions, find where each reaches optical depth ln 2, read the raw density there, and take
 the median over the rays that become opaque. The surface at that level passes through the median
 termination point, so the level follows each model's own density scale — the original's fixed threshold

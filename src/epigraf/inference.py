@@ -1,9 +1,9 @@
 """Rendering trained generators for inference: batched views of fixed latents, more ray steps, normal maps.
 
 Visualisations use the stored constant StyleGAN noise and, by default, deterministic ray sampling
-(SPEC §10 row 2, §12.1), so the same seed and camera always give the same picture.
+(docs/method.md §10 row 2, §12.1), so the same seed and camera always give the same picture.
 
-    G2 = with_ray_steps(G, 2)                               # the original's inference setting (SPEC §7.2)
+    G2 = with_ray_steps(G, 2)                               # the original's inference setting (docs/method.md §7.2)
     ws = seeds_to_ws(G2, [0])                               # one latent ...
     for out in render_batches(G2, ws, front_circle(64)):    # ... tri-planes computed once, 64 frames
         frames.append(to_uint8(out.image))
@@ -24,7 +24,7 @@ from epigraf.cameras import Cameras
 from epigraf.nn.generator import Generator, GeneratorOutput
 from epigraf.rays import camera_directions, pixel_grid
 
-# The original's inference defaults (SPEC §7.2), shared by `epigraf generate` and the viewer.
+# The original's inference defaults (docs/method.md §7.2), shared by `epigraf generate` and the viewer.
 DEFAULT_TRUNCATION = 0.7
 DEFAULT_RAY_STEP_MULTIPLIER = 2
 

@@ -1,4 +1,4 @@
-"""Latents for inference: seeds → z, class labels, truncation and W-space interpolation (SPEC §1.1, §7.2).
+"""Latents for inference: seeds → z, class labels, truncation and W-space interpolation (docs/method.md §1.1, §7.2).
 
 A seed names one latent for good: z = numpy ``RandomState(seed).randn(z_dim)``, as the original's scripts,
 so seed 7 is the same sample here, in the original and in any later run.
@@ -82,7 +82,7 @@ def class_mean_ws(G: Generator, classes: Sequence[int], num_samples: int = CLASS
                   seed: int = 0) -> Tensor:
     """Per-class truncation centres: mean of ``G.mapping(z, c)`` over ``num_samples`` z from RandomState(seed).
     → [N, num_ws, w_dim], row i for classes[i]. A conditional model's global ``w_avg`` mixes all classes,
-    so truncating towards it would pull every sample towards an average class (SPEC §1.1)."""
+    so truncating towards it would pull every sample towards an average class (docs/method.md §1.1)."""
     z = torch.from_numpy(np.random.RandomState(seed).randn(num_samples, G.z_dim)).float().to(_device(G))
     means = {}
     for k in sorted(set(classes)):

@@ -1,10 +1,10 @@
-"""Patch parameters, their samplers (SPEC §3.2–3.3) and real-patch extraction (SPEC §3.4).
+"""Patch parameters, their samplers (docs/method.md §3.2–3.3) and real-patch extraction (docs/method.md §3.4).
 
 A patch is a square window of the image given by its scale s and offset (o_x, o_y), all in fractions
 of the image side: it spans x ∈ [o_x, o_x + s] from the left and y ∈ [o_y, o_y + s] from the *bottom*
 (see ``epigraf.rays`` for the one place that turns this into pixel coordinates).
 
-Grouping (SPEC §10 row 1): the minibatch-stddev layer of D groups samples strided, sample n in group
+Grouping (docs/method.md §10 row 1): the minibatch-stddev layer of D groups samples strided, sample n in group
 n mod (N/G). Sharing patch parameters across exactly those samples keeps each stddev statistic
 computed over patches of one scale and place; the original shared them across consecutive samples.
 """
@@ -78,7 +78,7 @@ class PatchParams:
     ) -> PatchParams:
         """Pixel-aligned patches: sample k is image[..., top[k] : top[k] + r, left[k] : left[k] + r].
 
-        Uses s = (r − 1)/(R − 1) and o = (left, R − r − top)/(R − 1) (SPEC §2.2): with this scale the
+        Uses s = (r − 1)/(R − 1) and o = (left, R − r − top)/(R − 1) (docs/method.md §2.2): with this scale the
         patch pixel centres land exactly on image pixel centres.
         """
         if len(left) != len(top):
@@ -111,7 +111,7 @@ def sample_patch_params(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> PatchParams:
-    """Draw patch parameters for a batch at progress ``kimg`` (SPEC §3.2–3.3). → scales, offsets [B, 2].
+    """Draw patch parameters for a batch at progress ``kimg`` (docs/method.md §3.2–3.3). → scales, offsets [B, 2].
 
     One (s, o) is drawn per minibatch-stddev group and shared by its members: with G = min(group_size, B),
     sample n gets draw n mod (B/G). Scales are square (s_x = s_y); offsets o_x, o_y ~ U(0, 1 − s)
@@ -222,7 +222,7 @@ def extract_patches(images: Tensor, patch_params: PatchParams, resolution: int) 
     """Resample real images at the patch's pixel centres (bilinear, align corners, zeros outside).
 
     images: [B, C, H, W]; patch_params: B patches. → [B, C, r, r] with r = resolution. No antialiasing:
-    the image is point-sampled exactly where the generator's rays go (SPEC §3.4, §10 row 5).
+    the image is point-sampled exactly where the generator's rays go (docs/method.md §3.4, §10 row 5).
     """
     if images.ndim != 4:
         raise ValueError(f"images must be [B, C, H, W], got {list(images.shape)}")

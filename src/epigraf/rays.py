@@ -1,4 +1,4 @@
-"""Ray grids for full images and patches: the single home of the pixel convention (SPEC §2.2, §3.4).
+"""Ray grids for full images and patches: the single home of the pixel convention (docs/method.md §2.2, §3.4).
 
 Convention (align corners): column j of a w-wide grid sits at x_j = −1 + 2j/(w−1) and row i of an
 h-high grid at y_i = 1 − 2i/(h−1), so ±1 are the centres of the border pixels and row 0 is the top.

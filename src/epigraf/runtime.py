@@ -1,4 +1,5 @@
-"""Process-level settings: the CPU allocator and subnormal floats (speed), CUDA's fp32 precision (fidelity, SPEC §1.8).
+"""Process-level settings: the CPU allocator and subnormal floats (speed), CUDA's fp32 precision
+(fidelity, docs/method.md §1.8).
 
 PyTorch's CPU tensors come from glibc malloc, which serves every large block with a fresh ``mmap`` and
 returns it with ``munmap`` on free. A training step allocates and frees gigabytes of activations, so each
@@ -63,7 +64,7 @@ def release_memory() -> None:
 
 
 def configure_cuda_for_training() -> None:
-    """The original's CUDA settings (SPEC §1.8): true fp32 (no TF32) and cuDNN autotuning.
+    """The original's CUDA settings (docs/method.md §1.8): true fp32 (no TF32) and cuDNN autotuning.
 
     TF32 rounds matmul/conv inputs to 10 mantissa bits; the paper's numbers were trained without it. The
     autotuner pays once per input shape, and training repeats the same shapes every step.

@@ -1,4 +1,4 @@
-"""Every training schedule as a pure function of progress (SPEC §1.5, §3.2–3.3, §5.3–5.6).
+"""Every training schedule as a pure function of progress (docs/method.md §1.5, §3.2–3.3, §5.3–5.6).
 
 Modules receive the scheduled value; they never own the clock. Progress is measured in kimg
 (thousands of real images shown). A negative kimg is a bug in the caller, so it is rejected.
@@ -31,7 +31,7 @@ def patch_beta(kimg: float, cfg: PatchConfig) -> float:
 def patch_min_scale(kimg: float, cfg: PatchConfig) -> float:
     """Annealed minimum scale m(k) of the uniform samplers: max_scale → min_scale over anneal_kimg.
 
-    With the default max_scale = 1 this is SPEC §3.3's m(k) = 1 + (m − 1)·clip(k/anneal, 0, 1); starting
+    With the default max_scale = 1 this is docs/method.md §3.3's m(k) = 1 + (m − 1)·clip(k/anneal, 0, 1); starting
     from max_scale keeps the support [m(k), max_scale] non-empty when max_scale < 1.
     """
     return cfg.max_scale + (cfg.min_scale - cfg.max_scale) * _ramp(kimg, cfg.anneal_kimg)

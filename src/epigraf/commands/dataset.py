@@ -1,4 +1,4 @@
-"""``epigraf dataset convert | check | info``: bring your own images with camera poses (SPEC §6, §13)."""
+"""``epigraf dataset convert | check | info``: bring your own images with camera poses (docs/method.md §6, §13)."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from epigraf.nn.generator import Generator, GeneratorOutput
 
 log = logging.getLogger(__name__)
 
-# The original's inference scripts render with twice the training ray steps (SPEC §7.2).
+# The original's inference scripts render with twice the training ray steps (docs/method.md §7.2).
 GRID_YAWS = (-0.3, 0.0, 0.3)
 
 

@@ -1,4 +1,4 @@
-"""``epigraf metrics``: FID/KID (Inception-v3) and 3D consistency of a checkpoint's G_ema (SPEC §7.1).
+"""``epigraf metrics``: FID/KID (Inception-v3) and 3D consistency of a checkpoint's G_ema (docs/method.md §7.1).
 
     epigraf metrics run/network.safetensors --data data/ffhq512.zip \\
         --metrics fid50k_full,kid50k_full,consistency --cameras both

@@ -1,4 +1,4 @@
-"""Import the original's checkpoints into ours (SPEC §12.3): snapshot pickles and plain state-dict files.
+"""Import the original's checkpoints into ours (docs/method.md §12.3): snapshot pickles and plain state-dict files.
 
     from epigraf.compat.importer import import_original, load_original
     ckpt = load_original("network-snapshot-025000.pkl")          # networks in memory, nothing written

@@ -1,4 +1,4 @@
-"""Build our networks from the original implementation's hyperparameters and state dicts (SPEC §12.2).
+"""Build our networks from the original implementation's hyperparameters and state dicts (docs/method.md §12.2).
 
 ``config`` is the flat hyperparameter JSON of ``fixtures/original`` (``tiny_config.json``,
 ``keys_<preset>.json["config"]``). Original keys map to ours by prefix; the original's constant

@@ -1,8 +1,8 @@
-"""Safe reader for the original implementation's network-snapshot pickles (SPEC §12.3).
+"""Safe reader for the original implementation's network-snapshot pickles (docs/method.md §12.3).
 
 The original writes ``network-snapshot-<kimg>.pkl`` with a persistence mechanism that, on a normal
 ``pickle.load``, executes the Python source embedded in the file. This module reads such files with a
-restricted unpickler: only the globals listed in ``fixtures/original/PICKLE_FORMAT.md`` resolve, the
+restricted unpickler: only the globals listed in ``docs/snapshot-format.md`` resolve, the
 persistence records come back as plain data, every other class is an inert placeholder, and the
 embedded storages are decoded by torch's weights-only loader on CPU. Nothing from the file is executed
 and no original module is imported.
@@ -58,7 +58,7 @@ class UnsafePickleError(ValueError):
         self.global_name = global_name
         message = (
             f"refusing to load '{global_name}': it is not on the allow-list of the original's snapshot "
-            "format (PICKLE_FORMAT.md), and loading it could execute code from the file"
+            "format (docs/snapshot-format.md), and loading it could execute code from the file"
         )
         super().__init__(f"{message}; {detail}" if detail else message)
 

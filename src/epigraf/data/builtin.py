@@ -1,4 +1,4 @@
-"""The built-in dataset: real meshes bundled with pybullet, rendered like Megascans (SPEC §6.3).
+"""The built-in dataset: real meshes bundled with pybullet, rendered like Megascans (docs/method.md §6.3).
 
 What it holds. Every object of ``pybullet_data/random_urdfs`` (1000 procedurally generated shapes, each a
 union of convex parts, drawn in the colour its URDF gives it; they have no texture) and about fifty
@@ -6,18 +6,18 @@ hand-picked meshes of ``pybullet_data`` (a duck, a soccer ball, a mug, toys, rob
 their own texture where the file has one and otherwise with the colour their URDF or material gives
 them (``EXTRA_MESHES``). Each object is centred on its bounding box and scaled to a bounding sphere of
 radius ``object_radius`` and is seen from ``views_per_object`` cameras uniform on the sphere (the
-``spherical_uniform`` distribution of SPEC §6.3) at the ``builtin`` preset's fov and radius, looking
+``spherical_uniform`` distribution of docs/method.md §6.3) at the ``builtin`` preset's fov and radius, looking
 at the origin. pybullet's CPU rasteriser (TinyRenderer) draws it under a light fixed in the world (so
 an object's colours do not depend on the view), with ``SUPERSAMPLING``² samples per pixel, composited
 on white.
 
-Output folder (a dataset for ``ImageDataset``; keys are paths without extension, SPEC §6.1)::
+Output folder (a dataset for ``ImageDataset``; keys are paths without extension, docs/method.md §6.1)::
 
     dataset.json                 {"camera": {"fov", "radius"},
                                   "camera_angles": {"images/<object>/<view>": [yaw, pitch, 0]}}
     images/<object>/<view>.png   uint8 RGB, resolution²
     geometry/<object>/<view>.npz "depth": float16 resolution², distance from the camera centre along
-                                 the pixel's unit ray (our depth, SPEC §2.2/§2.5) averaged over the
+                                 the pixel's unit ray (our depth, docs/method.md §2.2/§2.5) averaged over the
                                  covered samples, +inf where the object does not cover the pixel;
                                  "mask": uint8 resolution², coverage of the pixel by the object, 0–255
     manifest.json                build parameters, objects, file count and a content hash
@@ -26,14 +26,14 @@ Output folder (a dataset for ``ImageDataset``; keys are paths without extension,
 under a dataset root is a training image, and one compressed archive per image keeps the cache small
 (about 2 kB per image at 64², against 12 kB for raw arrays).
 
-World and axes. The world is ours (+y up, SPEC §2.1); the view matrix handed to pybullet is the
+World and axes. The world is ours (+y up, docs/method.md §2.1); the view matrix handed to pybullet is the
 inverse of our ``cam2world``, so pybullet's world is our world. pybullet's meshes are authored z-up
 (URDF convention), so they are loaded rotated by −90° about x, which turns their +z into our +y.
 
 Object size. ``object_radius`` = 0.9 · min(radius − near, far − radius, radius · sin(fov/2)): from every
-camera the whole object then lies inside the ray band [near, far] the generator samples (SPEC §2.3),
+camera the whole object then lies inside the ray band [near, far] the generator samples (docs/method.md §2.3),
 and its silhouette (half-angle asin(ρ / radius)) inside the image. For the ``builtin`` preset (30°,
-radius 1, band 0.75–1.25) ρ = 0.225, well inside the tri-plane cube (half-side 0.475, SPEC §11.7).
+radius 1, band 0.75–1.25) ρ = 0.225, well inside the tri-plane cube (half-side 0.475, docs/method.md §11.7).
 This matches Megascans, whose renders (max dimension 2 at distance 3.5, 45° fov) put the object at
 about the same fraction of the frame.
 
@@ -256,7 +256,7 @@ def object_mesh(obj: MeshObject, target_radius: float, data_path: Path | None = 
 
 
 def projection_matrix(fov: float, resolution: int, supersampling: int, near: float, far: float) -> np.ndarray:
-    """OpenGL projection [4, 4] for pybullet that samples exactly our pixel grid (SPEC §2.2).
+    """OpenGL projection [4, 4] for pybullet that samples exactly our pixel grid (docs/method.md §2.2).
 
     Our grid puts x = ±1 (in units of tan(fov/2)) on the centres of the border pixels, so the image edges
     are at ±R/(R−1): the focal length in normalised device coordinates is (R−1)/(R·tan(fov/2)).
@@ -277,7 +277,7 @@ def projection_matrix(fov: float, resolution: int, supersampling: int, near: flo
 def ray_length_factor(fov: float, resolution: int, supersampling: int) -> np.ndarray:
     """[S, S] (S = resolution · supersampling): distance along the unit ray per unit of camera-space depth.
 
-    A render pixel's centre sits at our camera-plane coordinates (x, y) (SPEC §2.2 grid extended to the
+    A render pixel's centre sits at our camera-plane coordinates (x, y) (docs/method.md §2.2 grid extended to the
     finer render grid); its ray direction (x·t, y·t, −1) with t = tan(fov/2) has length √(1 + t²(x² + y²)).
     """
     size = resolution * supersampling
@@ -552,7 +552,7 @@ def _tasks(root: Path, data_path: Path, objects: list[MeshObject],
 
 
 def object_cameras(name: str, views: int, seed: int) -> torch.Tensor:
-    """Angles [views, 3] of an object's cameras: ``spherical_uniform`` (SPEC §6.3), roll 0.
+    """Angles [views, 3] of an object's cameras: ``spherical_uniform`` (docs/method.md §6.3), roll 0.
 
     Seeded by the object's name, so an object's cameras do not depend on which other objects are built.
     """

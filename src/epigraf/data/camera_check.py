@@ -1,9 +1,9 @@
-"""Does a camera configuration fit a dataset? The frustum-in-cube check (SPEC §11 property 7) and the
+"""Does a camera configuration fit a dataset? The frustum-in-cube check (docs/method.md §11 property 7) and the
 agreement of the configured fov with the one stored by ``epigraf dataset convert``.
 
 Every point the renderer samples lies on a ray between ``ray_start`` and ``ray_end``; the tri-plane
 cube [−cube_scale, cube_scale]³ must contain them all, or features are sampled outside the planes.
-The check follows SPEC §11.7: the four corner rays of the image (the border pixel centres, camera-plane
+The check follows docs/method.md §11.7: the four corner rays of the image (the border pixel centres, camera-plane
 coordinates (±1, ±1), from ``epigraf.rays``) at distances near and far, max |p|∞ over the poses.
 """
 

@@ -1,8 +1,8 @@
-"""``ImageDataset``: square images from a folder or zip with optional camera angles and labels (SPEC §6).
+"""``ImageDataset``: square images from a folder or zip with optional camera angles and labels (docs/method.md §6).
 
 Items are numpy arrays (the default DataLoader collate turns them into tensors): a uint8 image
 [3, R, R], float32 angles [3] (yaw, pitch, roll) and a float32 label [c_dim]. ``mirror=True`` appends a
-horizontally flipped copy of every image with its yaw negated (SPEC §6.2): item i + N is item i flipped.
+horizontally flipped copy of every image with its yaw negated (docs/method.md §6.2): item i + N is item i flipped.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reading ``dataset.json``: camera angles, labels and the stored camera, each checked (SPEC §6.1).
+"""Reading ``dataset.json``: camera angles, labels and the stored camera, each checked (docs/method.md §6.1).
 
 Parsers return plain values plus error messages instead of raising, so that a validation run can
 collect every problem of a dataset at once. Matching the entries to images happens in ``validate``.

@@ -1,4 +1,4 @@
-"""Reading camera poses in the formats ``epigraf dataset convert`` accepts, into our angles (SPEC §13).
+"""Reading camera poses in the formats ``epigraf dataset convert`` accepts, into our angles (docs/method.md §13).
 
 Formats (``POSE_FORMATS``) and the containers each accepts:
 

@@ -3,7 +3,7 @@
 Relative paths are POSIX paths from the dataset root. For a zip whose entries all live under one
 top-level folder (what zipping a folder produces) that folder is the root, so a folder and its zip
 list the same paths. An image's *key* is its relative path without the extension; ``dataset.json``
-entries are matched to images by key (SPEC §6.1).
+entries are matched to images by key (docs/method.md §6.1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Evaluation: FID/KID with Inception-v3 features, and the 3D-consistency metric (SPEC §7.1).
+"""Evaluation: FID/KID with Inception-v3 features, and the 3D-consistency metric (docs/method.md §7.1).
 
     from epigraf import load_checkpoint
     from epigraf.data import ImageDataset

@@ -1,4 +1,4 @@
-"""Metric protocols (SPEC §7.1): ``fid2k_full``, ``fid50k_full``, ``kid50k_full`` and ``consistency``.
+"""Metric protocols (docs/method.md §7.1): ``fid2k_full``, ``fid50k_full``, ``kid50k_full`` and ``consistency``.
 
 *_full: the detector features of **all** real images (no x-flips) against N fakes from the generator
 (G_ema) with ψ = 1, random StyleGAN noise and the original's stochastic ray sampling (unless

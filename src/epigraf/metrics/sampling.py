@@ -1,4 +1,5 @@
-"""What the metrics read from a dataset, and how they draw cameras and labels for fake images (SPEC §6.4, §7.1).
+"""What the metrics read from a dataset, and how they draw cameras and labels for fake images
+(docs/method.md §6.4, §7.1).
 
 The dataset is anything shaped like :class:`epigraf.data.ImageDataset` (see :class:`MetricDataset`).
 

@@ -1,4 +1,4 @@
-"""NeRF++ inverted-sphere background (SPEC §1.6 "sphere", DETERMINISTIC.md §8).
+"""NeRF++ inverted-sphere background (docs/method.md §1.6 "sphere", docs/deterministic-render.md §8).
 
 Everything outside the unit sphere is described by points (x', y', z', v): v = 1/r ∈ [0, 1] is the inverse
 radius of a spherical shell around the world origin and (x', y', z') the unit vector pointing at where the

@@ -1,4 +1,4 @@
-"""EpiGRAF's patch discriminator: a StyleGAN2 ResNet D that knows where its patch came from (SPEC §4).
+"""EpiGRAF's patch discriminator: a StyleGAN2 ResNet D that knows where its patch came from (docs/method.md §4).
 
 The network is built for a "virtual" resolution R (the full image) but sees r×r patches: blocks
 ``b{R}``, ``b{R/2}``, …, ``b8`` keep the widths ``min(channel_base / res, channel_max)`` of a D for R²

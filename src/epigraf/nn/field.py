@@ -1,4 +1,4 @@
-"""The radiance field: tri-plane lookup + a small shared MLP (SPEC §1.3–1.4).
+"""The radiance field: tri-plane lookup + a small shared MLP (docs/method.md §1.3–1.4).
 
 A world point p is divided by ``cube_scale`` and projected onto three axis-aligned planes
 P0 ← (x, y), P1 ← (x, z), P2 ← (y, z) (first coordinate = plane column); the bilinear samples

@@ -1,4 +1,4 @@
-"""The EpiGRAF generator: mapping → tri-plane synthesis → field → volume rendering (SPEC §1–2).
+"""The EpiGRAF generator: mapping → tri-plane synthesis → field → volume rendering (docs/method.md §1–2).
 
 There is no 2D upsampler: every pixel, of a full view or of a training patch, is a rendered ray.
 

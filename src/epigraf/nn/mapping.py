@@ -1,4 +1,4 @@
-"""Mapping networks: z (+ conditioning) → w (SPEC §1.1, §4.3–4.4).
+"""Mapping networks: z (+ conditioning) → w (docs/method.md §1.1, §4.3–4.4).
 
 The same mechanism serves the generator (z + class/pose conditioning → ws, with a tracked w average
 for truncation) and the discriminator's hypernetwork and projection head (z_dim 0: conditioning only).

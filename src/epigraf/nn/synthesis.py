@@ -1,6 +1,6 @@
 """Tri-plane synthesis backbone: a StyleGAN2 "skip" synthesis network whose output is 3 feature planes.
 
-SPEC §1.2. Blocks 4², 8², …, R_p² (R_p = tri-plane resolution); each block after the first doubles the
+docs/method.md §1.2. Blocks 4², 8², …, R_p² (R_p = tri-plane resolution); each block after the first doubles the
 resolution with a modulated transposed convolution and FIR filter; every block's 1×1 "to-planes" output
 is accumulated skip-style. The output [B, 3F (+3), R_p, R_p] is reshaped into planes by the field.
 """

@@ -1,4 +1,4 @@
-"""Volume-rendering compositing along sorted ray samples (SPEC §2.4–2.5, DETERMINISTIC.md §6).
+"""Volume-rendering compositing along sorted ray samples (docs/method.md §2.4–2.5, docs/deterministic-render.md §6).
 
 Callers pick the last interval δ_K: 1e10 without a background model (the ray always terminates in the
 volume) and 1e-3 with one (so the background shows through whatever the foreground leaves).

@@ -1,4 +1,4 @@
-"""Depth samplers along rays: stratified coarse depths and inverse-CDF importance depths (SPEC §2.3, §12.1).
+"""Depth samplers along rays: stratified coarse depths and inverse-CDF importance depths (docs/method.md §2.3, §12.1).
 
 ``deterministic=True`` removes every random draw (exact linspace coarse depths, u = linspace(0, 1, N)
 for the inverse CDF), which is how the original's fixtures were rendered; training keeps both random.
@@ -50,7 +50,7 @@ def sample_pdf(
     """Inverse-CDF samples of the piecewise-constant pdf ``weights`` over the intervals between ``bins``.
 
     bins: [..., M] sorted bin edges; weights: [..., M − 1] non-negative. → [..., num_samples].
-    Follows the original exactly (DETERMINISTIC.md §7.5–7.7): eps is added to every weight, the cdf gets
+    Follows the original exactly (docs/deterministic-render.md §7.5–7.7): eps is added to every weight, the cdf gets
     a leading 0, u falls in the bin of the first cdf entry ≥ u, and a bin whose cdf span is below eps is
     treated as having span 1 (so u in an empty bin maps to its lower edge). u = linspace(0, 1, N) when
     deterministic, else U(0, 1) draws from ``generator``.

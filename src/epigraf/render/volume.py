@@ -1,4 +1,5 @@
-"""Hierarchical volume rendering of a field along camera rays (SPEC §2.3–2.6, DETERMINISTIC.md §7).
+"""Hierarchical volume rendering of a field along camera rays
+(docs/method.md §2.3–2.6, docs/deterministic-render.md §7).
 
 coarse depths → field → coarse weights → importance depths → field → merge + sort → composite.
 The field is any callable ``points [B, P, S, 3] → [B, P, S, 4]`` (rgb + raw density), so the renderer

@@ -1,5 +1,5 @@
 """Adaptive discriminator augmentation (ADA), written from Karras et al., "Training Generative Adversarial
-Networks with Limited Data" (NeurIPS 2020), appendix B, and EpiGRAF's use of it (SPEC §5.7).
+Networks with Limited Data" (NeurIPS 2020), appendix B, and EpiGRAF's use of it (docs/method.md §5.7).
 
 :class:`AugmentPipe` applies the paper's 'bgc' transforms in the paper's order, each to each sample
 independently with probability ``p · multiplier``:

@@ -1,4 +1,4 @@
-"""The training loop (SPEC §5), top to bottom: set up → iterate (G step, D step, lazy R1, EMA, ADA) → log,
+"""The training loop (docs/method.md §5), top to bottom: set up → iterate (G step, D step, lazy R1, EMA, ADA) → log,
 visualise, evaluate and snapshot every few ticks.
 
 Randomness is a pure function of (seed, rank, step): each iteration seeds the global RNG and draws its
@@ -193,7 +193,7 @@ def stop_data_workers(batches: Iterator[list], join_timeout_s: float = 10.0) -> 
 def fake_conditioning(dataset: ImageDataset, cfg: ModelConfig, batch: int, device: torch.device
                       ) -> tuple[Tensor, Tensor]:
     """Labels [b, c_dim] and rendering cameras [b, 3] for fakes: from random dataset items (mirrors included)
-    for the 'custom' distribution, else drawn from the configured distribution (SPEC §6.4)."""
+    for the 'custom' distribution, else drawn from the configured distribution (docs/method.md §6.4)."""
     idx = torch.randint(len(dataset), (batch,)).numpy()
     c = torch.from_numpy(dataset.labels[idx][:, : cfg.generator.c_dim])
     cam = cfg.generator.camera
@@ -243,7 +243,7 @@ def training_step(loss: PatchGANLoss, x: PhaseInputs, kimg: float, step: int, G_
                   D_opt: torch.optim.Optimizer, env: distributed.DistEnv, r1_interval: int,
                   autocast: contextlib.AbstractContextManager, timings: dict[str, float] | None = None,
                   ) -> tuple[bool, dict[str, float], Tensor]:
-    """One iteration's optimisation (SPEC §5.4): the G step, the D step, and on every ``r1_interval``-th step
+    """One iteration's optimisation (docs/method.md §5.4): the G step, the D step, and on every ``r1_interval``-th step
     the lazy R1 step. Returns (every step was finite, stats, the D step's real logits [b] for ADA).
     ``timings``, when given, receives the wall seconds of the phases "G", "D" and "R1"."""
     G, D = loss.G, loss.D

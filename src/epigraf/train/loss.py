@@ -1,8 +1,8 @@
-"""The patch-wise GAN objective (SPEC §5): non-saturating logistic loss, lazy R1, D-input blur, GPC spoofing.
+"""The patch-wise GAN objective (docs/method.md §5): non-saturating logistic loss, lazy R1, D-input blur, GPC spoofing.
 
 Each phase returns a scalar loss for the training loop to back-propagate; the loop owns optimisers,
 gradient averaging and the finite-step check. G and D always see r×r patches, each with its own
-patch parameters (fake and real draws are independent, SPEC §3.2).
+patch parameters (fake and real draws are independent, docs/method.md §3.2).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def blur_images(images: Tensor, sigma: float) -> Tensor:
 
 
 def spoof_camera_angles(angles: Tensor, p: float) -> Tensor:
-    """GPC spoofing (SPEC §5.6): each sample joins a subset with probability p; within the subset, conditioning
-    cameras are cyclically shifted by one position. angles [B, 3] → [B, 3]."""
+    """GPC spoofing (docs/method.md §5.6): each sample joins a subset with probability p; within the subset,
+    conditioning cameras are cyclically shifted by one position. angles [B, 3] → [B, 3]."""
     chosen = torch.nonzero(torch.rand(angles.shape[0], device=angles.device) < p).squeeze(1)
     out = angles.clone()
     if chosen.numel() > 1:

@@ -1,4 +1,4 @@
-"""Training options (SPEC §5), a typed dataclass from which ``epigraf train``'s flags are generated."""
+"""Training options (docs/method.md §5), a typed dataclass from which ``epigraf train``'s flags are generated."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class PresetRecipe:
     blur_fade_kimg: float
 
 
-# The paper's schedule (SPEC §5): batch 64, D-input blur of σ = 10 px fading over 200 kimg.
+# The paper's schedule (docs/method.md §5): batch 64, D-input blur of σ = 10 px fading over 200 kimg.
 PAPER_RECIPE = PresetRecipe(kimg=2000.0, batch_size=64, tick_kimg=4.0, blur_init_sigma=10.0, blur_fade_kimg=200.0)
 # The built-in preset is trained for hours, not weeks, on a CPU: a run of 40 kimg (about two hours at
 # 5–6 img/s on 2 cores). The blur keeps the paper's role (D first compares coarse shapes) at this scale:
@@ -57,7 +57,7 @@ class TrainOptions:
     )
     batch_size: int | None = option(None, "total over all processes (default: the preset's, 64 paper, 16 builtin)")
     seed: int = option(0, "seed of weights, latents, patches and batch order")
-    mirror: bool = option(True, "x-flipped copies with negated yaw (SPEC §6.2)")
+    mirror: bool = option(True, "x-flipped copies with negated yaw (docs/method.md §6.2)")
     use_labels: bool = option(True, "class-conditional training when the dataset has labels")
     g_lr: float = option(0.0025, "generator Adam learning rate")
     d_lr: float = option(0.002, "discriminator Adam learning rate (before the lazy-R1 correction)")
@@ -71,7 +71,7 @@ class TrainOptions:
     )
     ema_kimg: float = option(-1.0, "G_ema half-life in kimg; < 0: batch size · 0.3125 (20 kimg at batch 64)")
     ema_rampup: float = option(0.05, "G_ema half-life ramp-up as a fraction of the images seen")
-    augment: str = option("ada", "discriminator augmentation: ada (adaptive, SPEC §5) or none")
+    augment: str = option("ada", "discriminator augmentation: ada (adaptive, docs/method.md §5) or none")
     ada_target: float = option(0.6, "ADA target of sign(D(real))")
     ada_interval: int = option(4, "ADA: adjust p every N steps")
     ada_kimg: float = option(500.0, "ADA: kimg for p to move by 1")
