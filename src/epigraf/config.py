@@ -199,6 +199,11 @@ class ModelConfig:
 
 T = TypeVar("T")
 
+# Fields that earlier versions wrote and that are now derived from others: read and ignored, so every
+# checkpoint saved before stays loadable. (num_fourier_freqs: the sphere's Fourier features follow from
+# posenc_period_len, as in the original.)
+RETIRED_FIELDS: dict[str, frozenset[str]] = {"SphereBackgroundConfig": frozenset({"num_fourier_freqs"})}
+
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output (e.g. JSON read from a file).
@@ -209,6 +214,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     label = where.rstrip(".") or cls.__name__
     if not isinstance(data, dict):
         raise ValueError(f"config {label} must be a JSON object, got {type(data).__name__}")
+    data = {k: v for k, v in data.items() if k not in RETIRED_FIELDS.get(cls.__name__, ())}
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(names)
     if unknown:
