@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
-from epigraf.config import DiscriminatorConfig, ModelConfig, PatchConfig
+from epigraf.config import DiscriminatorConfig, ModelConfig, PatchConfig, from_dict, preset
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
 from test_generator import tiny_generator_config
@@ -127,3 +127,13 @@ def test_generate_refuses_a_pickle_in_one_line(tmp_path, capsys):
     assert main(["generate", "--checkpoint", str(path), "--device", "cpu", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "epigraf import" in err and "Traceback" not in err
+
+
+def test_a_config_written_before_the_sphere_rebuild_still_loads():
+    """Checkpoints saved before the sphere background followed the original stored num_fourier_freqs."""
+    data = dataclasses.asdict(preset("builtin"))
+    data["generator"]["render"]["sphere"]["num_fourier_freqs"] = 6
+    assert from_dict(ModelConfig, data) == preset("builtin")
+    data["generator"]["render"]["sphere"]["not_a_field"] = 1
+    with pytest.raises(ValueError, match="not_a_field"):
+        from_dict(ModelConfig, data)
