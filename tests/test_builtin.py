@@ -25,13 +25,15 @@ from epigraf.rays import pixel_grid, world_rays
 NEEDS_PYBULLET = "the built-in dataset renders with pybullet (pip install 'epigraf[builtin]')"
 
 RES, VIEWS, OBJECTS = 32, 3, 2
+# The tiny build: the textured duck and the first random shape (the head of the whole catalogue).
+TINY = {"resolution": RES, "subset": "all", "num_objects": OBJECTS, "views_per_object": VIEWS}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     pytest.importorskip("pybullet", reason=NEEDS_PYBULLET)
     root = tmp_path_factory.mktemp("builtin") / "ds"
-    return builtin.build_builtin_dataset(root, resolution=RES, num_objects=OBJECTS, views_per_object=VIEWS, workers=1)
+    return builtin.build_builtin_dataset(root, **TINY, workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +189,8 @@ def test_dataset_loads_with_matching_keys(tiny, manifest):
 
 def test_deterministic_and_cameras_depend_on_the_object_only(tiny, tmp_path):
     """A second build of the first object alone gives byte-identical files and the same cameras."""
-    other = builtin.build_builtin_dataset(tmp_path / "again", resolution=RES, num_objects=1, views_per_object=VIEWS,
-                                          workers=1)
+    other = builtin.build_builtin_dataset(tmp_path / "again", resolution=RES, subset="all", num_objects=1,
+                                          views_per_object=VIEWS, workers=1)
     files = sorted(p.relative_to(other) for sub in ("images", "geometry") for p in (other / sub).rglob("*.*"))
     assert len(files) == 2 * VIEWS
     for rel in files:
@@ -200,7 +202,7 @@ def test_deterministic_and_cameras_depend_on_the_object_only(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_worker_processes_give_identical_output(tiny, tmp_path, manifest):
-    parallel = builtin.build_builtin_dataset(tmp_path / "par", resolution=RES, num_objects=OBJECTS,
+    parallel = builtin.build_builtin_dataset(tmp_path / "par", resolution=RES, subset="all", num_objects=OBJECTS,
                                              views_per_object=VIEWS, workers=2)
     assert builtin.read_manifest(parallel)["content_sha256"] == manifest["content_sha256"]
 
@@ -211,20 +213,20 @@ def test_reuse_and_force(tiny, manifest, monkeypatch):
         raise AssertionError("rendered although the build was complete")
 
     monkeypatch.setattr(builtin, "render_object", fail)
-    assert builtin.build_builtin_dataset(tiny, resolution=RES, num_objects=OBJECTS, views_per_object=VIEWS,
+    assert builtin.build_builtin_dataset(tiny, **TINY,
                                          workers=1) == tiny
     monkeypatch.undo()
     (tiny / "geometry/duck/000.npz").rename(tiny / "geometry.bak")  # an incomplete build is not reused
     try:
         monkeypatch.setattr(builtin, "render_object", fail)
         with pytest.raises(AssertionError, match="rendered although"):
-            builtin.build_builtin_dataset(tiny, resolution=RES, num_objects=OBJECTS, views_per_object=VIEWS,
+            builtin.build_builtin_dataset(tiny, **TINY,
                                           workers=1)
     finally:
         monkeypatch.undo()
         if (tiny / "geometry.bak").exists():
             (tiny / "geometry.bak").rename(tiny / "geometry/duck/000.npz")
-    rebuilt = builtin.build_builtin_dataset(tiny, resolution=RES, num_objects=OBJECTS, views_per_object=VIEWS,
+    rebuilt = builtin.build_builtin_dataset(tiny, **TINY,
                                             workers=1, force=True)
     assert builtin.read_manifest(rebuilt)["content_sha256"] == manifest["content_sha256"]
     assert not list(tiny.parent.glob(".ds.*")), "temporary folders left behind"
@@ -237,16 +239,43 @@ def test_reuse_without_pybullet(tiny, monkeypatch):
 
     monkeypatch.setattr(builtin, "_pybullet_version", lambda: None)
     monkeypatch.setattr(builtin, "pybullet_data_path", missing)
-    assert builtin.build_builtin_dataset(tiny, resolution=RES, num_objects=OBJECTS, views_per_object=VIEWS) == tiny
+    assert builtin.build_builtin_dataset(tiny, **TINY) == tiny
     with pytest.raises(ImportError):
-        builtin.build_builtin_dataset(tiny, resolution=RES, num_objects=OBJECTS, views_per_object=VIEWS + 1)
+        builtin.build_builtin_dataset(tiny, **{**TINY, "views_per_object": VIEWS + 1})
 
 
 def test_default_dir_honours_epigraf_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("EPIGRAF_CACHE", str(tmp_path))
-    assert builtin.default_dir() == tmp_path / f"builtin-{builtin.VERSION}-64"
-    assert builtin.default_dir(32, num_objects=5, views_per_object=2, seed=1) == tmp_path / (
-        f"builtin-{builtin.VERSION}-32-n5-v2-s1")
+    assert builtin.default_dir() == tmp_path / f"builtin-{builtin.VERSION}-toys-64"
+    assert builtin.default_dir(subset="all") == tmp_path / f"builtin-{builtin.VERSION}-all-64"
+    assert builtin.default_dir(32, "all", num_objects=5, views_per_object=2, seed=1) == tmp_path / (
+        f"builtin-{builtin.VERSION}-all-32-n5-v2-s1")
+    assert builtin.default_dir(subset="toys", views_per_object=12) == tmp_path / (
+        f"builtin-{builtin.VERSION}-toys-64-nall-v12-s0")
+
+
+def test_subsets():
+    """``toys`` names real meshes of the catalogue, in its own order; ``all`` is the whole catalogue; an unknown
+    name is refused before anything renders."""
+    pytest.importorskip("pybullet", reason=NEEDS_PYBULLET)
+    toys = builtin.subset_objects("toys")
+    assert [o.name for o in toys] == list(builtin.TOYS)
+    assert len(set(builtin.TOYS)) == len(builtin.TOYS) == 12
+    assert not any(o.name.startswith("shape-") for o in toys)
+    assert builtin.subset_objects("all") == builtin.catalogue()
+    with pytest.raises(ValueError, match="unknown built-in subset 'robots'.*all.*toys"):
+        builtin.build_builtin_dataset(subset="robots")
+    with pytest.raises(ValueError, match="unknown built-in subset"):
+        builtin.default_dir(subset="robots")
+
+
+def test_cli_refuses_an_unknown_subset(capsys):
+    from epigraf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dataset", "builtin", "--subset", "robots"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'robots'" in capsys.readouterr().err
 
 
 def _ks_statistic(samples, cdf):

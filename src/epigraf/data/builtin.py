@@ -4,8 +4,10 @@ What it holds. Every object of ``pybullet_data/random_urdfs`` (1000 procedurally
 union of convex parts, drawn in the colour its URDF gives it; they have no texture) and about fifty
 hand-picked meshes of ``pybullet_data`` (a duck, a soccer ball, a mug, toys, robot parts, …), drawn with
 their own texture where the file has one and otherwise with the colour their URDF or material gives
-them (``EXTRA_MESHES``). Each object is centred on its bounding box and scaled to a bounding sphere of
-radius ``object_radius`` and is seen from ``views_per_object`` cameras uniform on the sphere (the
+them (``EXTRA_MESHES``). Two subsets (``SUBSETS``): ``toys``, twelve of those meshes that a person names at
+a glance (a duck, a mug, a soccer ball, …) from 256 cameras each, is what ``epigraf train`` learns by
+default; ``all`` is every object from 12 cameras. Each object is centred on its bounding box and scaled to a
+bounding sphere of radius ``object_radius`` and is seen from ``views_per_object`` cameras uniform on the sphere (the
 ``spherical_uniform`` distribution of docs/method.md §6.3) at the ``builtin`` preset's fov and radius, looking
 at the origin. pybullet's CPU rasteriser (TinyRenderer) draws it under a light fixed in the world (so
 an object's colours do not depend on the view), with ``SUPERSAMPLING``² samples per pixel, composited
@@ -37,7 +39,7 @@ radius 1, band 0.75–1.25) ρ = 0.225, well inside the tri-plane cube (half-sid
 This matches Megascans, whose renders (max dimension 2 at distance 3.5, 45° fov) put the object at
 about the same fraction of the frame.
 
-Cost: the default 1,049 objects × 12 views at 64² (12,588 images) take about 135 CPU-seconds, so a
+Cost: ``all``'s 1,049 objects × 12 views at 64² (12,588 images) take about 135 CPU-seconds, so a
 little over a minute on 2 free cores, and 45 MB of files (about 110 MB on disk). The output is
 deterministic: the same arguments, pybullet, Pillow and zlib give byte-identical files whatever
 ``workers`` is, and each object's cameras depend only on the seed and the object's name.
@@ -75,7 +77,16 @@ log = logging.getLogger(__name__)
 
 VERSION = "v1"
 DEFAULT_RESOLUTION = 64
-DEFAULT_VIEWS = 12
+# Objects a person names at a glance, each in a colour or texture of its own: what ``epigraf train`` learns
+# by default. Twelve objects seen from many cameras are learnt in the CPU's first hours, where the thousand
+# random shapes of ``all`` are not (docs/results.md).
+TOYS = ("duck", "mug", "soccerball", "racecar-wheel", "cone", "lego", "toy-cube", "toy-prism", "toy-cylinder",
+        "torus", "bunny", "jenga")
+SUBSETS: dict[str, tuple[str, ...] | None] = {"toys": TOYS, "all": None}
+DEFAULT_SUBSET = "toys"
+# Views per object by subset: 256 of each toy (3,072 images, enough cameras to pin down each shape), 12 of
+# each of the 1,049 objects of ``all`` (12,588 images).
+DEFAULT_VIEWS = {"toys": 256, "all": 12}
 # Render side = resolution × this; the box filter that brings it down anti-aliases like the
 # downsampled Megascans renders and gives masks a fractional coverage.
 SUPERSAMPLING = 3
@@ -438,7 +449,8 @@ class BuildParams:
 
     version: str
     resolution: int
-    num_objects: int | None  # None: all
+    subset: str
+    num_objects: int | None  # None: all of the subset
     views_per_object: int
     seed: int
     supersampling: int
@@ -465,22 +477,47 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "epigraf"
 
 
-def default_dir(resolution: int = DEFAULT_RESOLUTION, num_objects: int | None = None,
-                views_per_object: int = DEFAULT_VIEWS, seed: int = 0) -> Path:
-    """``<cache>/builtin-<version>-<resolution>``; non-default sizes or seeds get a suffix of their own."""
-    name = f"builtin-{VERSION}-{resolution}"
-    if (num_objects, views_per_object, seed) != (None, DEFAULT_VIEWS, 0):
-        name += f"-n{num_objects or 'all'}-v{views_per_object}-s{seed}"
+def default_dir(resolution: int = DEFAULT_RESOLUTION, subset: str = DEFAULT_SUBSET, num_objects: int | None = None,
+                views_per_object: int | None = None, seed: int = 0) -> Path:
+    """``<cache>/builtin-<version>-<subset>-<resolution>``; non-default sizes or seeds get a suffix of their own."""
+    views = _views(subset, views_per_object)
+    name = f"builtin-{VERSION}-{subset}-{resolution}"
+    if (num_objects, views, seed) != (None, DEFAULT_VIEWS[subset], 0):
+        name += f"-n{num_objects or 'all'}-v{views}-s{seed}"
     return cache_root() / name
 
 
+def _check_subset(subset: str) -> None:
+    if subset not in SUBSETS:
+        raise ValueError(f"unknown built-in subset {subset!r}; choose from {sorted(SUBSETS)}")
+
+
+def _views(subset: str, views_per_object: int | None) -> int:
+    """The views per object asked for, else the subset's default."""
+    _check_subset(subset)
+    return DEFAULT_VIEWS[subset] if views_per_object is None else views_per_object
+
+
+def subset_objects(subset: str, data_path: Path | None = None) -> list[MeshObject]:
+    """The objects of a named subset, in ``catalogue()`` order for ``all`` and in the subset's order otherwise."""
+    _check_subset(subset)
+    objects = catalogue(data_path)
+    names = SUBSETS[subset]
+    if names is None:
+        return objects
+    by_name = {o.name: o for o in objects}
+    return [by_name[name] for name in names]
+
+
 def build_builtin_dataset(out_dir: str | os.PathLike | None = None, resolution: int = DEFAULT_RESOLUTION,
-                          num_objects: int | None = None, views_per_object: int = DEFAULT_VIEWS, seed: int = 0,
+                          subset: str = DEFAULT_SUBSET, num_objects: int | None = None,
+                          views_per_object: int | None = None, seed: int = 0,
                           workers: int | None = None, force: bool = False, progress: bool = False) -> Path:
     """Render the built-in dataset (module docstring) into ``out_dir`` and return that folder.
 
-    out_dir: default ``default_dir(...)`` in the cache. num_objects: the first objects of ``catalogue()``
-    (default all). workers: processes rendering in parallel (default: the usable CPUs; 1 renders in this
+    out_dir: default ``default_dir(...)`` in the cache. subset: a key of ``SUBSETS`` (default the toys).
+    num_objects: the first objects of the subset (default all). views_per_object: default the subset's
+    (``DEFAULT_VIEWS``). workers: processes rendering in parallel (default: the usable CPUs; 1 renders in this
     process). force: rebuild even when ``out_dir`` already holds this build. progress: a progress bar.
     A complete build with the same parameters is reused as it is (also where pybullet is not installed,
     e.g. a build copied to a machine without it); otherwise the dataset is built in a temporary sibling
@@ -488,12 +525,14 @@ def build_builtin_dataset(out_dir: str | os.PathLike | None = None, resolution: 
     """
     if resolution < 4:
         raise ValueError(f"resolution must be at least 4, got {resolution}")
+    views_per_object = _views(subset, views_per_object)
     if views_per_object < 1:
         raise ValueError(f"views_per_object must be at least 1, got {views_per_object}")
-    out = Path(out_dir) if out_dir is not None else default_dir(resolution, num_objects, views_per_object, seed)
+    out = Path(out_dir) if out_dir is not None else default_dir(resolution, subset, num_objects, views_per_object, seed)
     camera = preset("builtin").generator.camera
     params = BuildParams(
-        version=VERSION, resolution=resolution, num_objects=num_objects, views_per_object=views_per_object,
+        version=VERSION, resolution=resolution, subset=subset, num_objects=num_objects,
+        views_per_object=views_per_object,
         seed=seed, supersampling=SUPERSAMPLING, fov=camera.fov, radius=camera.radius, near=camera.ray_start,
         far=camera.ray_end, object_radius=object_radius(camera.fov, camera.radius, camera.ray_start, camera.ray_end),
         pybullet=_pybullet_version(),
@@ -502,7 +541,7 @@ def build_builtin_dataset(out_dir: str | os.PathLike | None = None, resolution: 
         log.info("built-in dataset %s is up to date", out)
         return out
     data_path = pybullet_data_path()
-    objects = catalogue(data_path)
+    objects = subset_objects(subset, data_path)
     if num_objects is not None:
         if not 1 <= num_objects <= len(objects):
             raise ValueError(f"num_objects must be in [1, {len(objects)}], got {num_objects}")
