@@ -3,6 +3,12 @@
     from epigraf import Generator, preset
     G = Generator(preset("ffhq256").generator).eval()
 """
+# ruff: noqa: E402 (the imports of torch must follow request_huge_pages)
+
+from epigraf.runtime import request_huge_pages
+
+# Before torch is first imported: its CPU allocator reads the setting once (epigraf.runtime).
+request_huge_pages()
 
 from epigraf.cameras import Cameras
 from epigraf.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
