@@ -269,6 +269,21 @@ def test_cli_train_runs_and_reports_errors(tmp_path, dataset, capsys):
     assert "dataset images are 32² but the model ('ffhq256') trains at 256²" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("nimg", "message"), [(40_000, "finished 40 kimg"), (5_120, "stopped at 5.12 of 40 kimg")])
+def test_cli_train_without_kimg_reports_against_the_presets_length(tmp_path, monkeypatch, caplog, nimg, message):
+    """The README's first command gives no --kimg: its end-of-run line compares with the preset's 40 kimg."""
+    import logging
+
+    import epigraf.train.loop as loop
+    from epigraf.cli import main
+    from epigraf.train.loop import TrainResult
+
+    monkeypatch.setattr(loop, "train", lambda opts: TrainResult(tmp_path, None, None, None, nimg, 0))
+    with caplog.at_level(logging.INFO, logger="epigraf.commands.train"):
+        assert main(["train", "--out", str(tmp_path)]) == 0
+    assert message in caplog.text
+
+
 def test_bf16_autocast_trains_and_snapshots_fp32_weights(tmp_path, dataset):
     result = train(options(tmp_path, kimg=0.008, bf16=True, augment="none"), tiny_model_config())
     assert result.cur_nimg == 8 and result.skipped_steps == 0

@@ -25,10 +25,10 @@ def run(args: argparse.Namespace) -> int:
 
     opts = options_from_args(args, TrainOptions)
     result = train(opts)
-    kimg = result.cur_nimg / 1000
-    if kimg < opts.kimg:
+    kimg, total_kimg = result.cur_nimg / 1000, opts.with_preset_defaults().kimg
+    if kimg < total_kimg:
         log.info("stopped at %g of %g kimg; continue with the same command and --resume latest (run folder %s)",
-                 kimg, opts.kimg, result.run_dir)
+                 kimg, total_kimg, result.run_dir)
     else:
         log.info("finished %g kimg; networks and snapshots are in %s", kimg, result.run_dir)
     return 0
