@@ -36,7 +36,7 @@ from epigraf.metrics import FeatureExtractor, InceptionFeatures, MetricResult, T
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
 from epigraf.nn.state import load_state_strict
-from epigraf.runtime import configure_cuda_for_training, ensure_denormals_flushed
+from epigraf.runtime import configure_cuda_for_training, ensure_denormals_flushed, trim_cpu_heap
 from epigraf.schedules import adam_settings_for_lazy_reg, blur_sigma, ema_beta, nerf_noise_std, patch_beta
 from epigraf.train import distributed
 from epigraf.train.augment import AdaptiveP, AugmentPipe
@@ -56,6 +56,8 @@ from epigraf.train.visualize import FakesSchedule, render_fake_grid, save_camera
 log = logging.getLogger(__name__)
 
 VIDEO_LATENTS = 4
+# A CPU step that leaves this much free heap hands it back (runtime.trim_cpu_heap says what it costs and saves).
+HEAP_TRIM_BYTES = 4 << 30
 
 
 def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
@@ -266,6 +268,8 @@ def training_step(loss: PatchGANLoss, x: PhaseInputs, kimg: float, step: int, G_
                 r1_loss, r1_stats = loss.r1_loss(x, kimg, r1_interval)
             ok &= optimizer_step(D_opt, d_params, r1_loss, env)
         d_stats.update(r1_stats)
+    if env.device.type == "cpu":
+        trim_cpu_heap(min_free_bytes=HEAP_TRIM_BYTES)
     return ok, {**g_stats, **d_stats}, real_logits
 
 
