@@ -4,6 +4,7 @@
         --kid-curve benchmarks/results/kid_curve.json [--out docs/results]
 
 Writes ``fakes_vs_reals.png`` (G_ema renders at the cameras of 16 real images, beside those images),
+``samples.png`` (32 seeds from one camera),
 ``turntable.gif`` (four seeds turning a full circle), ``depth_normals.png`` (image, depth and normal map per
 seed), ``mesh_preview.png`` (the extracted meshes, flat-shaded from three views) and ``kid_curve.png``.
 Everything renders deterministically (fixed seeds, no ray jitter), so the figures are reproducible.
@@ -69,6 +70,16 @@ def fakes_vs_reals(G, dataset: ImageDataset, out: Path, count: int = 16) -> None
     panels = [labelled(zoom(image_grid(x, 4)), title) for x, title in
               ((fakes, "G_ema (ψ = 1), at the reals' cameras"), (reals, "real images"))]
     side_by_side(panels).save(out / "fakes_vs_reals.png")
+
+
+@torch.no_grad()
+def samples(G, out: Path, count: int = 32) -> None:
+    """Seeds 0…count−1 at ψ = 1, all from one camera (yaw 0.6, 0.3 above the horizon): the variety G learnt."""
+    cam = G.cfg.camera
+    ws = seeds_to_ws(G, list(range(count)), truncation_psi=1.0)
+    images = to_uint8(render_all(G, ws, points([0.6] * count, math.pi / 2 - 0.3, cam.fov, cam.radius)).image)
+    labelled(zoom(image_grid(images, 8), 2), f"G_ema, seeds 0–{count - 1}, ψ = 1, one camera").save(
+        out / "samples.png")
 
 
 @torch.no_grad()
@@ -167,6 +178,7 @@ def main() -> None:
     G = load_checkpoint(args.network).G_ema.eval()
     dataset = ImageDataset(args.data or default_dir(G.cfg.image_resolution), mirror=False)
     fakes_vs_reals(G, dataset, args.out)
+    samples(G, args.out)
     turntable(G, args.out)
     depth_and_normals(G, args.out)
     mesh_preview(G, args.out)
