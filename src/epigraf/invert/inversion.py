@@ -4,9 +4,11 @@
     result = invert(G, target, angles=torch.tensor([[0.3, 1.5, 0.0]]))   # a known camera is kept fixed
     out = result.generator.render(result.generator.synthesize(result.latent.ws), result.latent.cameras)
 
-Without a camera: a coarse search over the model's camera distribution (``camera_search``), then the latent
-and the camera are refined together. The given G is never modified; ``result.generator`` is a copy carrying
-the optimised noise maps (and, with ``pti_steps``, the tuned weights).
+A multi-start search (``camera_search``) fits many (view, starting latent) pairs briefly: views from a grid
+over the model's camera distribution, or only the given camera; its best few pairs are refined (latent, and the
+camera when it is estimated) and the best of those is fitted in full.
+The given G is never modified; ``result.generator`` is a copy carrying the optimised noise maps (and, with
+``pti_steps``, the tuned weights).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor
 
 from epigraf.cameras import checked_angles
-from epigraf.invert.camera_search import search_camera
+from epigraf.invert.camera_search import candidate_angles, search_starts
 from epigraf.invert.config import InversionConfig
 from epigraf.invert.fit import LatentFit, downsample, render_image
 from epigraf.invert.latent import Latent, set_noise
@@ -61,15 +63,20 @@ def invert(G: Generator, target: Tensor, config: InversionConfig | None = None, 
     target = _checked_target(G, target, resolution)
     work = copy.deepcopy(G).eval()
     fit = LatentFit(work, target, config, perceptual)
-    if angles is None:
-        angles, losses = search_camera(fit, config, progress)
-        log.info("camera search: best of %d views at yaw %.3f, pitch %.3f (loss %.4f)", len(losses),
-                 angles[0, 0].item(), angles[0, 1].item(), losses.min().item())
-        refine = True
+    refine = angles is None
+    if refine:
+        views = candidate_angles(G.cfg.camera, config.search_yaws, config.search_pitches, config.search_span)
     else:
-        angles = checked_angles(angles.reshape(1, 3).float()).to(target.device)
-        refine = False
-    w, angles, _ = fit.run(fit.initial_w(1), angles, config.steps, refine_camera=refine, resolution=resolution,
+        views = checked_angles(angles.reshape(1, 3).float())
+    w, angles, losses = search_starts(fit, views.to(target.device), config, progress)
+    if config.refine_steps > 0:
+        w, angles, losses = fit.run(w, angles, config.refine_steps, refine_camera=refine, resolution=resolution,
+                                    progress="refining" if progress else None, full_loss=False)
+    best = losses.argmin()
+    w, angles = w[best, None], angles[best, None]
+    log.info("search: best start at yaw %.3f, pitch %.3f (loss %.4f)", angles[0, 0].item(), angles[0, 1].item(),
+             losses[best].item())
+    w, angles, _ = fit.run(w, angles, config.steps, refine_camera=refine, resolution=resolution,
                            progress="inverting" if progress else None)
     noise = {k: v.detach() for k, v in fit.noise.items()}
     set_noise(work, noise)
