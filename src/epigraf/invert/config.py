@@ -45,7 +45,7 @@ class InversionConfig:
     search_latents: int = 4
     search_steps: int = 20
     search_resolution: int = 32
-    search_batch: int = 28  # candidates fitted together; bounds memory (each holds its own render graph)
+    search_batch: int = 7  # candidates fitted together; bounds memory (each holds its own render graph)
     refine_candidates: int = 4
     refine_steps: int = 50
     # Pivotal tuning (PTI): fine-tune G around the found latent; locality keeps G's other samples unchanged.

@@ -6,7 +6,8 @@
 
 A multi-start search (``camera_search``) fits many (view, starting latent) pairs briefly: views from a grid
 over the model's camera distribution, or only the given camera; its best few pairs are refined (latent, and the
-camera when it is estimated) and the best of those is fitted in full.
+camera when it is estimated) and the best of those is fitted in full. An estimated camera gets a second
+multi-start at it, the latent starting afresh.
 The given G is never modified; ``result.generator`` is a copy carrying the optimised noise maps (and, with
 ``pti_steps``, the tuned weights).
 """
@@ -52,6 +53,18 @@ def _checked_target(G: Generator, target: Tensor, resolution: int) -> Tensor:
     return downsample(target.float().to(device), resolution)
 
 
+def multi_start(fit: LatentFit, views: Tensor, config: InversionConfig, refine_camera: bool, resolution: int,
+                progress: bool) -> tuple[Tensor, Tensor]:
+    """Search (view, starting latent) pairs, views [V, 3]; refine the best few; → (w [1, L, w_dim], angles [1, 3])
+    of the one with the lowest loss after refinement."""
+    w, angles, losses = search_starts(fit, views, config, progress)
+    if config.refine_steps > 0:
+        w, angles, losses = fit.run(w, angles, config.refine_steps, refine_camera=refine_camera,
+                                    resolution=resolution, progress="refining" if progress else None, full_loss=False)
+    best = losses.argmin()
+    return w[best, None], angles[best, None]
+
+
 def invert(G: Generator, target: Tensor, config: InversionConfig | None = None, angles: Tensor | None = None,
            perceptual: InceptionPerceptual | None = None, progress: bool = False) -> Inversion:
     """Fit a latent to ``target`` [1, 3, R, R] (values in [−1, 1]); ``angles`` [1, 3] fixes the camera.
@@ -66,16 +79,13 @@ def invert(G: Generator, target: Tensor, config: InversionConfig | None = None, 
     refine = angles is None
     if refine:
         views = candidate_angles(G.cfg.camera, config.search_yaws, config.search_pitches, config.search_span)
+        _, angles = multi_start(fit, views.to(target.device), config, refine, resolution, progress)
+        log.info("camera search: yaw %.3f, pitch %.3f", angles[0, 0].item(), angles[0, 1].item())
     else:
-        views = checked_angles(angles.reshape(1, 3).float())
-    w, angles, losses = search_starts(fit, views.to(target.device), config, progress)
-    if config.refine_steps > 0:
-        w, angles, losses = fit.run(w, angles, config.refine_steps, refine_camera=refine, resolution=resolution,
-                                    progress="refining" if progress else None, full_loss=False)
-    best = losses.argmin()
-    w, angles = w[best, None], angles[best, None]
-    log.info("search: best start at yaw %.3f, pitch %.3f (loss %.4f)", angles[0, 0].item(), angles[0, 1].item(),
-             losses[best].item())
+        angles = checked_angles(angles.reshape(1, 3).float()).to(target.device)
+    # The latent starts again from every start at the chosen camera: the one the camera search kept was picked
+    # while the camera was still off, and is often a poor basin at the right camera.
+    w, angles = multi_start(fit, angles, config, refine, resolution, progress)
     w, angles, _ = fit.run(w, angles, config.steps, refine_camera=refine, resolution=resolution,
                            progress="inverting" if progress else None)
     noise = {k: v.detach() for k, v in fit.noise.items()}
