@@ -321,6 +321,11 @@ def test_bad_inversion_settings_are_errors():
         InversionConfig(lr=0.0)
     with pytest.raises(ValueError, match="--ssim-weight"):
         InversionConfig(ssim_weight=-1.0)
+    for name in ("search_latents", "search_steps", "refine_candidates"):
+        with pytest.raises(ValueError, match=f"--{name.replace('_', '-')} must be ≥ 1"):
+            InversionConfig(**{name: 0})
+    with pytest.raises(ValueError, match="--refine-steps must be ≥ 0"):
+        InversionConfig(refine_steps=-1)
 
 
 # ----------------------------------------------------------------------------- the command

@@ -38,7 +38,8 @@ class InversionConfig:
     # distribution) and a starting latent (the mean, then search_latents − 1 mapped samples) is fitted for
     # search_steps at search_resolution, camera fixed; the refine_candidates best pairs are then refined
     # (latent, and camera when estimated) for refine_steps at the full resolution, and the pair with the
-    # lowest loss after that is the start of the final fit of `steps`.
+    # lowest loss after that is the start of the final fit of `steps`. An estimated camera gets a second
+    # multi-start at it (the latent starting afresh from every start), then the final fit.
     search_yaws: int = 7
     search_pitches: int = 3
     search_span: float = 2.0
