@@ -396,6 +396,8 @@ def test_cli_errors_are_one_line(cli_files, tmp_path, capsys):
         ((checkpoint, wide), "not square"),
         ((checkpoint, photo, "--yaw", "0", "--camera-json", "x.json"), "either"),
         ((checkpoint, tmp_path / "missing.png"), "image not found"),
+        ((checkpoint, photo, "--search-latents", "0"), "--search-latents must be ≥ 1"),
+        ((checkpoint, photo, "--refine-steps", "-1"), "--refine-steps must be ≥ 0"),
     ]
     for args, message in cases:
         code = run_cli(root, *args)
