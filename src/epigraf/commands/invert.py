@@ -59,7 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="known camera pitch, radians from +y (π/2 = horizon; default π/2 with --yaw)")
     camera.add_argument("--camera-json", type=Path, default=None,
                         help="a dataset.json whose camera_angles entry for each image gives its camera")
+    camera.add_argument("--search-latents", type=int, default=d.search_latents,
+                        help="starting latents per search view (the mean, then mapped samples): more escape more "
+                             "poor local minima, at a proportional cost")
     camera.add_argument("--search-steps", type=int, default=d.search_steps, help="fit steps per search candidate")
+    camera.add_argument("--refine-steps", type=int, default=d.refine_steps,
+                        help="joint refinement steps of the best search candidates before the final fit")
     camera.add_argument("--search-batch", type=int, default=d.search_batch,
                         help="search candidates fitted together (lower it to save memory: ffhq256 at 7 needs "
                              "~13 GB on the CPU)")
@@ -166,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     config = InversionConfig(steps=args.steps, lr=args.lr, seed=args.seed, space=args.space,
                              class_index=args.class_index, search_steps=args.search_steps,
+                             search_latents=args.search_latents, refine_steps=args.refine_steps,
                              search_batch=args.search_batch,
                              pti_steps=args.pti_steps, pti_lr=args.pti_lr, locality_weight=args.locality_weight)
     fmt = resolve_format(args.format)  # before the slow part: a missing video extra fails fast

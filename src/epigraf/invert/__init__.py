@@ -6,7 +6,7 @@
     save_latent(result.latent, "photo_latent.safetensors")
 """
 
-from epigraf.invert.camera_search import candidate_angles, search_camera
+from epigraf.invert.camera_search import candidate_angles, search_starts
 from epigraf.invert.config import InversionConfig
 from epigraf.invert.inversion import Inversion, invert
 from epigraf.invert.latent import Latent, load_latent, mean_latent, save_latent
@@ -28,6 +28,6 @@ __all__ = [
     "pivotal_tune",
     "psnr",
     "save_latent",
-    "search_camera",
+    "search_starts",
     "ssim",
 ]

@@ -1,8 +1,10 @@
-"""Coarse camera search: which view of the model's camera distribution best explains the photo.
+"""Coarse search: which view of the model's camera distribution, and which starting latent, best explain the photo.
 
-Each candidate (a yaw × pitch grid) gets a short latent fit of its own, all candidates in one batch; the
-candidate with the lowest loss seeds the joint latent-and-camera refinement. A short fit per candidate, not
-just the mean latent's render, because the mean scene rarely resembles the photo at any view.
+The loss of an inversion has many poor local minima, in the camera and in the latent alike: a fit from one
+start (the mean latent at the best-looking view) stalls in one of them for a good share of photos. So every
+pair of a candidate view (a yaw × pitch grid, or just the given camera) and a starting latent (the mean latent,
+then samples of the mapping network) gets a short latent fit of its own, all in batches at a low resolution;
+the ``refine_candidates`` best pairs then go on to the multi-start refinement in ``inversion.py``.
 """
 
 from __future__ import annotations
@@ -37,16 +39,23 @@ def candidate_angles(camera: CameraConfig, num_yaws: int, num_pitches: int, span
     return torch.stack([yaw.flatten(), pitch.flatten(), torch.zeros(yaw.numel())], dim=1).float()
 
 
-def search_camera(fit: LatentFit, config: InversionConfig, progress: bool = False) -> tuple[Tensor, Tensor]:
-    """→ (best angles [1, 3], losses [K] of all candidates, in ``candidate_angles`` order)."""
-    camera = fit.G.cfg.camera
-    angles = candidate_angles(camera, config.search_yaws, config.search_pitches, config.search_span)
-    angles = angles.to(fit.w_mean.device)
+def search_starts(fit: LatentFit, views: Tensor, config: InversionConfig,
+                  progress: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Fit every (view, starting latent) pair briefly, camera fixed; views [V, 3].
+
+    → (w [k, L, w_dim], angles [k, 3], losses [k]) of the k = min(refine_candidates, V · search_latents) pairs
+    with the lowest loss, best first.
+    """
+    starts = fit.starting_latents(config.search_latents)
+    w = starts.repeat(len(views), 1, 1)
+    angles = views.to(starts.device).repeat_interleave(len(starts), dim=0)
     resolution = min(config.search_resolution, fit.target.shape[-1])
-    losses = []
-    for batch in angles.split(config.search_batch):
-        _, _, loss = fit.run(fit.initial_w(len(batch)), batch, config.search_steps, refine_camera=False,
-                             resolution=resolution, progress="camera search" if progress else None, full_loss=False)
+    fitted, losses = [], []
+    for w_batch, angles_batch in zip(w.split(config.search_batch), angles.split(config.search_batch), strict=True):
+        w_batch, _, loss = fit.run(w_batch, angles_batch, config.search_steps, refine_camera=False,
+                                   resolution=resolution, progress="search" if progress else None, full_loss=False)
+        fitted.append(w_batch)
         losses.append(loss)
     losses = torch.cat(losses)
-    return angles[losses.argmin()][None], losses
+    best = losses.argsort()[: config.refine_candidates]
+    return torch.cat(fitted)[best], angles[best], losses[best]

@@ -33,14 +33,22 @@ class InversionConfig:
     w_noise: float = 0.05
     mean_samples: int = 1000
     camera_lr: float = 0.01
-    # Coarse camera search: a yaw × pitch grid over ±search_span standard deviations of the model's camera
-    # distribution, each candidate fitted for search_steps before the best one is refined jointly.
+    # Multi-start search (camera_search.py), because the loss has many poor local minima: every pair of a view
+    # (without a given camera: a yaw × pitch grid over ±search_span standard deviations of the model's camera
+    # distribution) and a starting latent (the mean, then search_latents − 1 mapped samples) is fitted for
+    # search_steps at search_resolution, camera fixed; the refine_candidates best pairs are then refined
+    # (latent, and camera when estimated) for refine_steps at the full resolution, and the pair with the
+    # lowest loss after that is the start of the final fit of `steps`. An estimated camera gets a second
+    # multi-start at it (the latent starting afresh from every start), then the final fit.
     search_yaws: int = 7
     search_pitches: int = 3
     search_span: float = 2.0
+    search_latents: int = 4
     search_steps: int = 20
     search_resolution: int = 32
     search_batch: int = 7  # candidates fitted together; bounds memory (each holds its own render graph)
+    refine_candidates: int = 4
+    refine_steps: int = 50
     # Pivotal tuning (PTI): fine-tune G around the found latent; locality keeps G's other samples unchanged.
     pti_steps: int = 0
     pti_lr: float = 3e-4
@@ -50,11 +58,11 @@ class InversionConfig:
     def __post_init__(self) -> None:
         if self.space not in SPACES:
             raise ValueError(f"--space must be one of {list(SPACES)}, got {self.space!r}")
-        for name in ("steps", "search_yaws", "search_pitches", "mean_samples", "search_resolution",
-                     "search_batch"):
+        for name in ("steps", "search_yaws", "search_pitches", "search_latents", "search_steps", "mean_samples",
+                     "search_resolution", "search_batch", "refine_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("search_steps", "pti_steps"):
+        for name in ("refine_steps", "pti_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be ≥ 0, got {getattr(self, name)}")
         if self.resolution is not None and self.resolution < 2:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from epigraf.cameras import PITCH_EPS
 from epigraf.invert.config import InversionConfig
-from epigraf.invert.latent import mean_latent, noise_buffers, set_noise
+from epigraf.invert.latent import mapped_latents, mean_latent, noise_buffers, set_noise
 from epigraf.invert.losses import InceptionPerceptual, mse, noise_regularization, ssim
 from epigraf.nn.generator import Generator
 
@@ -84,6 +84,14 @@ class LatentFit:
         """w to optimise: [B, 1, w_dim] in W (shared by all layers) or [B, num_ws, w_dim] in W+."""
         layers = 1 if self.config.space == "w" else self.G.num_ws
         return self.w_mean[:, None].repeat(batch, layers, 1)
+
+    def starting_latents(self, count: int) -> Tensor:
+        """``count`` starts for a multi-start search [count, L, w_dim]: the mean latent, then mapped samples
+        (seeded by config.seed, drawn apart from the mean's samples)."""
+        samples = (mapped_latents(self.G, count - 1, self.config.seed + 1, self.config.class_index) if count > 1
+                   else self.w_mean[:0])
+        starts = torch.cat([self.w_mean, samples])
+        return starts[:, None].repeat(1, 1 if self.config.space == "w" else self.G.num_ws, 1)
 
     def expand(self, w: Tensor) -> Tensor:
         return w.expand(-1, self.G.num_ws, -1)

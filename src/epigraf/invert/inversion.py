@@ -4,9 +4,12 @@
     result = invert(G, target, angles=torch.tensor([[0.3, 1.5, 0.0]]))   # a known camera is kept fixed
     out = result.generator.render(result.generator.synthesize(result.latent.ws), result.latent.cameras)
 
-Without a camera: a coarse search over the model's camera distribution (``camera_search``), then the latent
-and the camera are refined together. The given G is never modified; ``result.generator`` is a copy carrying
-the optimised noise maps (and, with ``pti_steps``, the tuned weights).
+A multi-start search (``camera_search``) fits many (view, starting latent) pairs briefly: views from a grid
+over the model's camera distribution, or only the given camera; its best few pairs are refined (latent, and the
+camera when it is estimated) and the best of those is fitted in full. An estimated camera gets a second
+multi-start at it, the latent starting afresh.
+The given G is never modified; ``result.generator`` is a copy carrying the optimised noise maps (and, with
+``pti_steps``, the tuned weights).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from torch import Tensor
 
 from epigraf.cameras import checked_angles
-from epigraf.invert.camera_search import search_camera
+from epigraf.invert.camera_search import candidate_angles, search_starts
 from epigraf.invert.config import InversionConfig
 from epigraf.invert.fit import LatentFit, downsample, render_image
 from epigraf.invert.latent import Latent, set_noise
@@ -50,6 +53,18 @@ def _checked_target(G: Generator, target: Tensor, resolution: int) -> Tensor:
     return downsample(target.float().to(device), resolution)
 
 
+def multi_start(fit: LatentFit, views: Tensor, config: InversionConfig, refine_camera: bool, resolution: int,
+                progress: bool) -> tuple[Tensor, Tensor]:
+    """Search (view, starting latent) pairs, views [V, 3]; refine the best few; → (w [1, L, w_dim], angles [1, 3])
+    of the one with the lowest loss after refinement."""
+    w, angles, losses = search_starts(fit, views, config, progress)
+    if config.refine_steps > 0:
+        w, angles, losses = fit.run(w, angles, config.refine_steps, refine_camera=refine_camera,
+                                    resolution=resolution, progress="refining" if progress else None, full_loss=False)
+    best = losses.argmin()
+    return w[best, None], angles[best, None]
+
+
 def invert(G: Generator, target: Tensor, config: InversionConfig | None = None, angles: Tensor | None = None,
            perceptual: InceptionPerceptual | None = None, progress: bool = False) -> Inversion:
     """Fit a latent to ``target`` [1, 3, R, R] (values in [−1, 1]); ``angles`` [1, 3] fixes the camera.
@@ -61,15 +76,17 @@ def invert(G: Generator, target: Tensor, config: InversionConfig | None = None, 
     target = _checked_target(G, target, resolution)
     work = copy.deepcopy(G).eval()
     fit = LatentFit(work, target, config, perceptual)
-    if angles is None:
-        angles, losses = search_camera(fit, config, progress)
-        log.info("camera search: best of %d views at yaw %.3f, pitch %.3f (loss %.4f)", len(losses),
-                 angles[0, 0].item(), angles[0, 1].item(), losses.min().item())
-        refine = True
+    refine = angles is None
+    if refine:
+        views = candidate_angles(G.cfg.camera, config.search_yaws, config.search_pitches, config.search_span)
+        _, angles = multi_start(fit, views.to(target.device), config, refine, resolution, progress)
+        log.info("camera search: yaw %.3f, pitch %.3f", angles[0, 0].item(), angles[0, 1].item())
     else:
         angles = checked_angles(angles.reshape(1, 3).float()).to(target.device)
-        refine = False
-    w, angles, _ = fit.run(fit.initial_w(1), angles, config.steps, refine_camera=refine, resolution=resolution,
+    # The latent starts again from every start at the chosen camera: the one the camera search kept was picked
+    # while the camera was still off, and is often a poor basin at the right camera.
+    w, angles = multi_start(fit, angles, config, refine, resolution, progress)
+    w, angles, _ = fit.run(w, angles, config.steps, refine_camera=refine, resolution=resolution,
                            progress="inverting" if progress else None)
     noise = {k: v.detach() for k, v in fit.noise.items()}
     set_noise(work, noise)

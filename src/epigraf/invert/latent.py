@@ -29,12 +29,8 @@ NOISE_PREFIX = "noise."
 
 
 @torch.no_grad()
-def mean_latent(G: Generator, num_samples: int, seed: int, class_index: int | None = None) -> tuple[Tensor, float]:
-    """The mean w of ``num_samples`` mapped z (z from RandomState(seed)) → (w̄ [1, w_dim], σ_w).
-
-    σ_w is the root-mean-square distance of the samples from w̄ (the scale of the w jitter). Computed rather
-    than read from ``w_avg``, which an untrained or imported model may not have tracked.
-    """
+def mapped_latents(G: Generator, num_samples: int, seed: int, class_index: int | None = None) -> Tensor:
+    """``num_samples`` mapped z (z from RandomState(seed)) → w [num_samples, w_dim]."""
     if G.c_dim > 0 and class_index is None:
         raise ValueError(f"this model is class-conditional ({G.c_dim} classes): pass --class-index")
     if G.c_dim == 0 and class_index is not None:
@@ -42,7 +38,16 @@ def mean_latent(G: Generator, num_samples: int, seed: int, class_index: int | No
     device = next(G.parameters()).device
     z = torch.from_numpy(np.random.RandomState(seed).randn(num_samples, G.z_dim)).float().to(device)
     c = one_hot([class_index] * num_samples, G.c_dim).to(device) if G.c_dim > 0 else None
-    w = G.mapping(z, c)[:, 0]
+    return G.mapping(z, c)[:, 0]
+
+
+def mean_latent(G: Generator, num_samples: int, seed: int, class_index: int | None = None) -> tuple[Tensor, float]:
+    """The mean w of ``mapped_latents`` → (w̄ [1, w_dim], σ_w).
+
+    σ_w is the root-mean-square distance of the samples from w̄ (the scale of the w jitter). Computed rather
+    than read from ``w_avg``, which an untrained or imported model may not have tracked.
+    """
+    w = mapped_latents(G, num_samples, seed, class_index)
     w_mean = w.mean(dim=0, keepdim=True)
     return w_mean, (w - w_mean).square().sum(dim=1).mean().sqrt().item()
 
