@@ -246,8 +246,8 @@ def test_reuse_without_pybullet(tiny, monkeypatch):
 
 def test_default_dir_honours_epigraf_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("EPIGRAF_CACHE", str(tmp_path))
-    assert builtin.default_dir() == tmp_path / f"builtin-{builtin.VERSION}-toys-64"
-    assert builtin.default_dir(subset="all") == tmp_path / f"builtin-{builtin.VERSION}-all-64"
+    assert builtin.default_dir() == tmp_path / f"builtin-{builtin.VERSION}-all-64"
+    assert builtin.default_dir(subset="toys") == tmp_path / f"builtin-{builtin.VERSION}-toys-64"
     assert builtin.default_dir(32, "all", num_objects=5, views_per_object=2, seed=1) == tmp_path / (
         f"builtin-{builtin.VERSION}-all-32-n5-v2-s1")
     assert builtin.default_dir(subset="toys", views_per_object=12) == tmp_path / (

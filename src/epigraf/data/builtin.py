@@ -4,9 +4,9 @@ What it holds. Every object of ``pybullet_data/random_urdfs`` (1000 procedurally
 union of convex parts, drawn in the colour its URDF gives it; they have no texture) and about fifty
 hand-picked meshes of ``pybullet_data`` (a duck, a soccer ball, a mug, toys, robot parts, …), drawn with
 their own texture where the file has one and otherwise with the colour their URDF or material gives
-them (``EXTRA_MESHES``). Two subsets (``SUBSETS``): ``toys``, twelve of those meshes that a person names at
-a glance (a duck, a mug, a soccer ball, …) from 256 cameras each, is what ``epigraf train`` learns by
-default; ``all`` is every object from 12 cameras. Each object is centred on its bounding box and scaled to a
+them (``EXTRA_MESHES``). Two subsets (``SUBSETS``): ``all``, every object from 12 cameras, is what
+``epigraf train`` learns by default; ``toys`` is twelve of those meshes that a person names at a glance (a duck,
+a mug, a soccer ball, …) from 256 cameras each. Each object is centred on its bounding box and scaled to a
 bounding sphere of radius ``object_radius`` and is seen from ``views_per_object`` cameras uniform on the sphere (the
 ``spherical_uniform`` distribution of docs/method.md §6.3) at the ``builtin`` preset's fov and radius, looking
 at the origin. pybullet's CPU rasteriser (TinyRenderer) draws it under a light fixed in the world (so
@@ -77,13 +77,13 @@ log = logging.getLogger(__name__)
 
 VERSION = "v1"
 DEFAULT_RESOLUTION = 64
-# Objects a person names at a glance, each in a colour or texture of its own: what ``epigraf train`` learns
-# by default. Twelve objects seen from many cameras are learnt in the CPU's first hours, where the thousand
-# random shapes of ``all`` are not (docs/results.md).
+# Objects a person names at a glance, each in a colour or texture of its own. Not the default: trained on a
+# CPU for 80 kimg, the builtin preset drew them as a billboard (every surface at the far end of the ray
+# interval from the first 5 kimg on), where ``all`` gave solid objects mid-volume (docs/results.md).
 TOYS = ("duck", "mug", "soccerball", "racecar-wheel", "cone", "lego", "toy-cube", "toy-prism", "toy-cylinder",
         "torus", "bunny", "jenga")
 SUBSETS: dict[str, tuple[str, ...] | None] = {"toys": TOYS, "all": None}
-DEFAULT_SUBSET = "toys"
+DEFAULT_SUBSET = "all"
 # Views per object by subset: 256 of each toy (3,072 images, enough cameras to pin down each shape), 12 of
 # each of the 1,049 objects of ``all`` (12,588 images).
 DEFAULT_VIEWS = {"toys": 256, "all": 12}
@@ -515,7 +515,7 @@ def build_builtin_dataset(out_dir: str | os.PathLike | None = None, resolution: 
                           workers: int | None = None, force: bool = False, progress: bool = False) -> Path:
     """Render the built-in dataset (module docstring) into ``out_dir`` and return that folder.
 
-    out_dir: default ``default_dir(...)`` in the cache. subset: a key of ``SUBSETS`` (default the toys).
+    out_dir: default ``default_dir(...)`` in the cache. subset: a key of ``SUBSETS`` (default ``all``).
     num_objects: the first objects of the subset (default all). views_per_object: default the subset's
     (``DEFAULT_VIEWS``). workers: processes rendering in parallel (default: the usable CPUs; 1 renders in this
     process). force: rebuild even when ``out_dir`` already holds this build. progress: a progress bar.
