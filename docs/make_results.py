@@ -156,8 +156,10 @@ def kid_plot(curve: dict, out: Path, size: tuple[int, int] = (560, 320)) -> None
         ty = top + (1 - (tick - lo) / (hi - lo)) * (h - top - bottom)
         draw.line([(left - 4, ty), (left, ty)], fill="black")
         draw.text((4, ty - 7), f"{tick:.2f}", fill="black", font=font(12))
-    for k, px in zip(kimg, x, strict=True):
-        draw.text((px - 8, h - bottom + 6), f"{k:g}", fill="black", font=font(11))
+    for tick in np.linspace(0, kimg.max(), 6):
+        tx = left + (tick / max(kimg.max(), 1e-9)) * (w - left - right)
+        draw.line([(tx, h - bottom), (tx, h - bottom + 4)], fill="black")
+        draw.text((tx - 8, h - bottom + 6), f"{tick:g}", fill="black", font=font(11))
     draw.line(list(zip(x, y, strict=True)), fill=(31, 119, 180), width=2)
     for px, py in zip(x, y, strict=True):
         draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=(31, 119, 180))
