@@ -72,12 +72,17 @@ def fakes_vs_reals(G, dataset: ImageDataset, out: Path, count: int = 16) -> None
     side_by_side(panels).save(out / "fakes_vs_reals.png")
 
 
+def one_view(G, count: int):
+    """``count`` copies of the camera the single-view figures share: yaw 0.6, 0.3 rad above the horizon."""
+    cam = G.cfg.camera
+    return points([0.6] * count, math.pi / 2 - 0.3, cam.fov, cam.radius)
+
+
 @torch.no_grad()
 def samples(G, out: Path, count: int = 32) -> None:
-    """Seeds 0…count−1 at ψ = 1, all from one camera (yaw 0.6, 0.3 above the horizon): the variety G learnt."""
-    cam = G.cfg.camera
+    """Seeds 0…count−1 at ψ = 1, all from ``one_view``: the variety G learnt."""
     ws = seeds_to_ws(G, list(range(count)), truncation_psi=1.0)
-    images = to_uint8(render_all(G, ws, points([0.6] * count, math.pi / 2 - 0.3, cam.fov, cam.radius)).image)
+    images = to_uint8(render_all(G, ws, one_view(G, count)).image)
     labelled(zoom(image_grid(images, 8), 2), f"G_ema, seeds 0–{count - 1}, ψ = 1, one camera").save(
         out / "samples.png")
 
@@ -96,7 +101,7 @@ def turntable(G, out: Path, frames: int = 36) -> None:
 def depth_and_normals(G, out: Path) -> None:
     cam = G.cfg.camera
     ws = seeds_to_ws(G, SEEDS, truncation_psi=0.7)
-    cameras = points([0.6] * len(SEEDS), math.pi / 2 - 0.3, cam.fov, cam.radius)
+    cameras = one_view(G, len(SEEDS))
     rendered = render_all(G, ws, cameras)
     normals = depth_normals(rendered.depth, cameras.fov)
     # Background pixels have no surface: show them white in both maps.
