@@ -3,10 +3,12 @@
     python docs/make_results.py --network runs/00000-builtin/network-0000040000.safetensors \
         --kid-curve benchmarks/results/kid_curve.json [--out docs/results]
 
-Writes ``fakes_vs_reals.png`` (G_ema renders at the cameras of 16 real images, beside those images),
-``samples.png`` (32 seeds from one camera),
-``turntable.gif`` (four seeds turning a full circle), ``depth_normals.png`` (image, depth and normal map per
-seed), ``mesh_preview.png`` (the extracted meshes, flat-shaded from three views) and ``kid_curve.png``.
+Writes ``fakes_vs_reals.png`` (G_ema renders at the cameras, and with the labels, of 16 real images, beside
+those images), ``samples.png`` (32 seeds from one camera; for a class-conditional model 6 seeds per class, a
+row each), ``turntable.gif`` (four seeds, or seed 0 of every class, turning a full circle),
+``depth_normals.png`` (image, depth and normal map per seed or class), ``mesh_preview.png`` (the extracted
+meshes, flat-shaded from three views) and ``kid_curve.png``. A class-conditional model's figures show the
+first four classes where there is room for four (``--classes`` picks others).
 Everything renders deterministically (fixed seeds, no ray jitter), so the figures are reproducible.
 """
 
@@ -23,7 +25,7 @@ from PIL import Image, ImageDraw
 
 from epigraf.camera_paths import orbit, points
 from epigraf.checkpoint import load_checkpoint
-from epigraf.data.builtin import default_dir
+from epigraf.data.builtin import default_dir, read_manifest
 from epigraf.data.dataset import ImageDataset
 from epigraf.data.plots import font
 from epigraf.export.images import depth_to_uint8, image_grid, to_uint8
@@ -32,6 +34,7 @@ from epigraf.geometry import extract_geometry
 from epigraf.inference import depth_normals, render_all
 from epigraf.isosurface import Mesh
 from epigraf.latents import seeds_to_ws
+from epigraf.nn.generator import Generator
 from epigraf.runtime import flush_denormals
 
 SEEDS = [0, 1, 2, 3]
@@ -65,8 +68,9 @@ def fakes_vs_reals(G, dataset: ImageDataset, out: Path, count: int = 16) -> None
     idx = np.random.RandomState(0).choice(len(dataset), count, replace=False)
     reals = np.stack([dataset[int(i)].image.transpose(1, 2, 0) for i in idx])
     angles = torch.from_numpy(dataset.camera_angles[idx])
+    c = torch.from_numpy(dataset.labels[idx]) if G.c_dim else None
     z = torch.from_numpy(np.random.RandomState(1).randn(count, G.z_dim)).float()
-    fakes = to_uint8(G(z, None, angles, truncation_psi=1.0, deterministic=True).image)
+    fakes = to_uint8(G(z, c, angles, truncation_psi=1.0, deterministic=True).image)
     panels = [labelled(zoom(image_grid(x, 4)), title) for x, title in
               ((fakes, "G_ema (ψ = 1), at the reals' cameras"), (reals, "real images"))]
     side_by_side(panels).save(out / "fakes_vs_reals.png")
@@ -78,30 +82,46 @@ def one_view(G, count: int):
     return points([0.6] * count, math.pi / 2 - 0.3, cam.fov, cam.radius)
 
 
-@torch.no_grad()
-def samples(G, out: Path, count: int = 32) -> None:
-    """Seeds 0…count−1 at ψ = 1, all from ``one_view``: the variety G learnt."""
-    ws = seeds_to_ws(G, list(range(count)), truncation_psi=1.0)
-    images = to_uint8(render_all(G, ws, one_view(G, count)).image)
-    labelled(zoom(image_grid(images, 8), 2), f"G_ema, seeds 0–{count - 1}, ψ = 1, one camera").save(
-        out / "samples.png")
+def class_ws(G: Generator, seeds: list[int], classes: list[int], psi: float) -> torch.Tensor:
+    """ws [len(classes)·len(seeds), num_ws, w_dim]: every seed of each class in turn (truncated towards the
+    class's mean w)."""
+    return torch.cat([seeds_to_ws(G, seeds, truncation_psi=psi, class_index=k) for k in classes])
+
+
+def figure_ws(G: Generator, classes: list[int], psi: float) -> torch.Tensor:
+    """The latents of the four-object figures: ``SEEDS``, or seed 0 of each of ``classes``."""
+    return class_ws(G, [0], classes, psi) if G.c_dim else seeds_to_ws(G, SEEDS, truncation_psi=psi)
 
 
 @torch.no_grad()
-def turntable(G, out: Path, frames: int = 36) -> None:
+def samples(G: Generator, class_names: list[str], out: Path, count: int = 32, per_class: int = 6) -> None:
+    """Seeds at ψ = 1, all from ``one_view``: the variety G learnt (a row of seeds per class when conditional)."""
+    if G.c_dim:
+        ws = class_ws(G, list(range(per_class)), list(range(G.c_dim)), 1.0)
+        title, cols = f"G_ema, seeds 0–{per_class - 1} of each class (rows: {', '.join(class_names)})", per_class
+    else:
+        ws = seeds_to_ws(G, list(range(count)), truncation_psi=1.0)
+        title, cols = f"G_ema, seeds 0–{count - 1}, ψ = 1, one camera", 8
+    images = to_uint8(render_all(G, ws, one_view(G, len(ws))).image)
+    labelled(zoom(image_grid(images, cols), 2), title).save(out / "samples.png")
+
+
+@torch.no_grad()
+def turntable(G: Generator, out: Path, frames: int = 36) -> None:
+    """Four seeds, or seed 0 of every class, at ψ = 0.7 turning once around, tiled 4 wide."""
     cam = G.cfg.camera
-    ws = seeds_to_ws(G, SEEDS, truncation_psi=0.7)
-    per_seed = [to_uint8(render_all(G, w[None].expand(frames, -1, -1), orbit(frames, cam.fov, cam.radius)).image)
-                for w in ws]
-    tiled = np.concatenate(per_seed, axis=2)  # [frames, H, 4·W, 3]
-    write_video((zoom(frame, 2) for frame in tiled), out / "turntable.gif", fps=12)
+    ws = class_ws(G, [0], list(range(G.c_dim)), 0.7) if G.c_dim else seeds_to_ws(G, SEEDS, truncation_psi=0.7)
+    per_latent = np.stack([
+        to_uint8(render_all(G, w[None].expand(frames, -1, -1), orbit(frames, cam.fov, cam.radius)).image)
+        for w in ws])  # [latents, frames, H, W, 3]
+    write_video((zoom(image_grid(per_latent[:, f], 4), 2) for f in range(frames)), out / "turntable.gif", fps=12)
 
 
 @torch.no_grad()
-def depth_and_normals(G, out: Path) -> None:
+def depth_and_normals(G: Generator, classes: list[int], out: Path) -> None:
     cam = G.cfg.camera
-    ws = seeds_to_ws(G, SEEDS, truncation_psi=0.7)
-    cameras = one_view(G, len(SEEDS))
+    ws = figure_ws(G, classes, 0.7)
+    cameras = one_view(G, len(ws))
     rendered = render_all(G, ws, cameras)
     normals = depth_normals(rendered.depth, cameras.fov)
     # Background pixels have no surface: show them white in both maps.
@@ -136,8 +156,8 @@ def rasterise(mesh: Mesh, yaw: float, pitch: float, size: int = 256) -> np.ndarr
 
 
 @torch.no_grad()
-def mesh_preview(G, out: Path, resolution: int = 96) -> None:
-    ws = seeds_to_ws(G, SEEDS, truncation_psi=0.7)
+def mesh_preview(G: Generator, classes: list[int], out: Path, resolution: int = 96) -> None:
+    ws = figure_ws(G, classes, 0.7)
     views = ((0.6, 0.35), (2.2, 0.35), (-1.2, -0.5))
     rows = []
     for w in ws:
@@ -179,16 +199,20 @@ def main() -> None:
     parser.add_argument("--kid-curve", type=Path, help="JSON from benchmarks/train_builtin.py --kid-curve")
     parser.add_argument("--data", type=Path, help="the training images (default: the built-in dataset)")
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
+    parser.add_argument("--classes", type=lambda s: [int(k) for k in s.split(",")], default=[0, 1, 2, 3],
+                        help="a class-conditional model's classes in the depth and mesh figures (default 0,1,2,3)")
     args = parser.parse_args()
     flush_denormals()
     args.out.mkdir(parents=True, exist_ok=True)
     G = load_checkpoint(args.network).G_ema.eval()
-    dataset = ImageDataset(args.data or default_dir(G.cfg.image_resolution), mirror=False)
+    data = args.data or default_dir(G.cfg.image_resolution)
+    dataset = ImageDataset(data, mirror=False)
+    class_names = (read_manifest(data) or {}).get("classes") or [f"class {k}" for k in range(G.c_dim)]
     fakes_vs_reals(G, dataset, args.out)
-    samples(G, args.out)
+    samples(G, class_names, args.out)
     turntable(G, args.out)
-    depth_and_normals(G, args.out)
-    mesh_preview(G, args.out)
+    depth_and_normals(G, args.classes, args.out)
+    mesh_preview(G, args.classes, args.out)
     if args.kid_curve is not None:
         kid_plot(json.loads(args.kid_curve.read_text()), args.out)
     print(f"figures in {args.out}")

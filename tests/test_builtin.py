@@ -246,8 +246,8 @@ def test_reuse_without_pybullet(tiny, monkeypatch):
 
 def test_default_dir_honours_epigraf_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("EPIGRAF_CACHE", str(tmp_path))
-    assert builtin.default_dir() == tmp_path / f"builtin-{builtin.VERSION}-all-64"
-    assert builtin.default_dir(subset="toys") == tmp_path / f"builtin-{builtin.VERSION}-toys-64"
+    assert builtin.default_dir() == tmp_path / f"builtin-{builtin.VERSION}-toys-64"
+    assert builtin.default_dir(subset="all") == tmp_path / f"builtin-{builtin.VERSION}-all-64"
     assert builtin.default_dir(32, "all", num_objects=5, views_per_object=2, seed=1) == tmp_path / (
         f"builtin-{builtin.VERSION}-all-32-n5-v2-s1")
     assert builtin.default_dir(subset="toys", views_per_object=12) == tmp_path / (
@@ -267,6 +267,23 @@ def test_subsets():
         builtin.build_builtin_dataset(subset="robots")
     with pytest.raises(ValueError, match="unknown built-in subset"):
         builtin.default_dir(subset="robots")
+
+
+def test_toys_are_classes_and_all_is_unlabelled(tiny, tmp_path):
+    """A named subset labels every image with its object's index in the subset (``ImageDataset`` reads them as
+    one-hot classes, so training is class-conditional); ``all`` writes no labels."""
+    toys = builtin.build_builtin_dataset(tmp_path / "toys", resolution=16, subset="toys", num_objects=3,
+                                         views_per_object=2, workers=1)
+    labels = json.loads((toys / "dataset.json").read_text())["labels"]
+    assert labels == {f"images/{name}/{v:03d}": i for i, name in enumerate(builtin.TOYS[:3]) for v in range(2)}
+    assert builtin.read_manifest(toys)["classes"] == list(builtin.TOYS[:3])
+    ds = ImageDataset(toys, mirror=False)
+    assert ds.c_dim == 3 and ds.label_kind == "class"
+    for i, name in enumerate(ds.names):
+        assert ds[i].label.tolist() == np.eye(3)[builtin.TOYS.index(name.split("/")[1])].tolist()
+    assert "labels" not in json.loads((tiny / "dataset.json").read_text())
+    assert builtin.read_manifest(tiny)["classes"] is None
+    assert ImageDataset(tiny, mirror=False).c_dim == 0
 
 
 def test_cli_refuses_an_unknown_subset(capsys):

@@ -348,3 +348,20 @@ def test_sphere_background_adds_ws_slots_and_renders_behind_the_foreground():
     assert torch.equal(with_bg.depth, other_bg.depth)
     with pytest.raises(ValueError, match="needs ws in render"):
         G.render(planes, cams, deterministic=True)
+
+
+@pytest.mark.parametrize("open_far_end", [False, True])
+def test_open_far_end_lets_empty_rays_show_white(open_far_end):
+    """An empty field (density shifted far below zero) renders white through an open far end. A closed one (the
+    original's last interval of 1e10) stops every ray at its last sample, whose colour then fills the pixel: the
+    opaque backdrop a generator can paint views on."""
+    torch.manual_seed(0)
+    G = Generator(tiny_generator_config(white_back=True, density_shift=-12.0, open_far_end=open_far_end)).eval()
+    with torch.no_grad():
+        out = G(torch.randn(2, 16), None, torch.tensor([[0.3, 1.4, 0.0], [-1.0, 2.0, 0.0]]), deterministic=True)
+    if open_far_end:
+        torch.testing.assert_close(out.image, torch.ones_like(out.image), atol=1e-3, rtol=0)
+        assert out.opacity.max() < 1e-3
+    else:
+        torch.testing.assert_close(out.opacity, torch.ones_like(out.opacity), atol=1e-5, rtol=0)
+        assert (out.image - 1).abs().amax() > 0.1

@@ -61,6 +61,11 @@ class RenderConfig:
     num_ray_steps: int = 48
     white_back: bool = False
     last_back: bool = False
+    # The original closes the far end of the frustum (last interval 1e10) unless a background model is on, which
+    # makes it an opaque, learnt backdrop: white_back never shows, and a generator can paint each view on that
+    # backdrop instead of building an object (docs/results.md measured this). open_far_end gives the last
+    # interval 1e-3, as with a background model, so rays that miss the object see white_back (or 0).
+    open_far_end: bool = False
     density_shift: float = 0.0
     clamp_mode: str = "softplus"
     background: str | None = None
@@ -318,7 +323,7 @@ def _builtin_preset() -> ModelConfig:
             z_dim=128, w_dim=128, image_resolution=resolution, patch_resolution=patch,
             triplane_resolution=64, triplane_channels=16, channel_base=4096, channel_max=128,
             mlp_hidden=32, camera=dataclasses.replace(MEGASCANS_CAMERA), nerf_noise_kimg_growth=20.0,
-            render=RenderConfig(num_ray_steps=16, white_back=True),
+            render=RenderConfig(num_ray_steps=16, white_back=True, open_far_end=True),
         ),
         discriminator=DiscriminatorConfig(
             image_resolution=resolution, input_resolution=patch, channel_base=2048, channel_max=128,

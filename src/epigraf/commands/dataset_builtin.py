@@ -17,9 +17,9 @@ def register_builtin(dataset_subparsers: argparse._SubParsersAction) -> None:
     p = dataset_subparsers.add_parser(
         "builtin", help="render the built-in dataset (pybullet's meshes, Megascans-like cameras)",
         description="Render meshes bundled with pybullet from cameras uniform on the sphere (white background), "
-                    "with depth and masks, into a dataset folder that `epigraf train` reads: 'all' 1,049 objects "
-                    "(a thousand random shapes among them; what `epigraf train` learns by default) or the "
-                    "twelve 'toys' (a duck, a mug, a soccer ball, ...). "
+                    "with depth and masks, into a dataset folder that `epigraf train` reads: the twelve 'toys' "
+                    "(a duck, a mug, a soccer ball, ...; each toy a class; what `epigraf train` learns by default) "
+                    "or 'all' 1,049 objects (a thousand random shapes among them; unlabelled). "
                     "A complete build is reused unless --force is given. Needs pybullet: "
                     "pip install 'epigraf[builtin]'.")
     p.add_argument("--out", type=Path, default=None,

@@ -4,19 +4,21 @@ What it holds. Every object of ``pybullet_data/random_urdfs`` (1000 procedurally
 union of convex parts, drawn in the colour its URDF gives it; they have no texture) and about fifty
 hand-picked meshes of ``pybullet_data`` (a duck, a soccer ball, a mug, toys, robot parts, …), drawn with
 their own texture where the file has one and otherwise with the colour their URDF or material gives
-them (``EXTRA_MESHES``). Two subsets (``SUBSETS``): ``all``, every object from 12 cameras, is what
-``epigraf train`` learns by default; ``toys`` is twelve of those meshes that a person names at a glance (a duck,
-a mug, a soccer ball, …) from 256 cameras each. Each object is centred on its bounding box and scaled to a
-bounding sphere of radius ``object_radius`` and is seen from ``views_per_object`` cameras uniform on the sphere (the
-``spherical_uniform`` distribution of docs/method.md §6.3) at the ``builtin`` preset's fov and radius, looking
-at the origin. pybullet's CPU rasteriser (TinyRenderer) draws it under a light fixed in the world (so
-an object's colours do not depend on the view), with ``SUPERSAMPLING``² samples per pixel, composited
-on white.
+them (``EXTRA_MESHES``). Two subsets (``SUBSETS``): ``toys``, what ``epigraf train`` learns by default, is twelve
+of those meshes that a person names at a glance (a duck, a mug, a soccer ball, …) from 256 cameras each, and
+each toy is a class (its index in ``TOYS``), so the run is class-conditional; ``all`` is every object from 12
+cameras, unlabelled (its thousand random shapes are no classes). Each object is centred on its bounding box
+and scaled to a bounding sphere of radius ``object_radius`` and is seen from ``views_per_object`` cameras
+uniform on the sphere (the ``spherical_uniform`` distribution of docs/method.md §6.3) at the ``builtin``
+preset's fov and radius, looking at the origin. pybullet's CPU rasteriser (TinyRenderer) draws it under a
+light fixed in the world (so an object's colours do not depend on the view), with ``SUPERSAMPLING``² samples
+per pixel, composited on white.
 
 Output folder (a dataset for ``ImageDataset``; keys are paths without extension, docs/method.md §6.1)::
 
     dataset.json                 {"camera": {"fov", "radius"},
-                                  "camera_angles": {"images/<object>/<view>": [yaw, pitch, 0]}}
+                                  "camera_angles": {"images/<object>/<view>": [yaw, pitch, 0]},
+                                  "labels": {"images/<object>/<view>": class}}   (named subsets only)
     images/<object>/<view>.png   uint8 RGB, resolution²
     geometry/<object>/<view>.npz "depth": float16 resolution², distance from the camera centre along
                                  the pixel's unit ray (our depth, docs/method.md §2.2/§2.5) averaged over the
@@ -77,13 +79,13 @@ log = logging.getLogger(__name__)
 
 VERSION = "v1"
 DEFAULT_RESOLUTION = 64
-# Objects a person names at a glance, each in a colour or texture of its own. Not the default: trained on a
-# CPU for 80 kimg, the builtin preset drew them as a billboard (every surface at the far end of the ray
-# interval from the first 5 kimg on), where ``all`` gave solid objects mid-volume (docs/results.md).
+# Objects a person names at a glance, each in a colour or texture of its own. With the far end of the frustum
+# closed (the original's rendering) the builtin preset drew them as a billboard on it; ``open_far_end``
+# is what lets them be objects (docs/results.md).
 TOYS = ("duck", "mug", "soccerball", "racecar-wheel", "cone", "lego", "toy-cube", "toy-prism", "toy-cylinder",
         "torus", "bunny", "jenga")
 SUBSETS: dict[str, tuple[str, ...] | None] = {"toys": TOYS, "all": None}
-DEFAULT_SUBSET = "all"
+DEFAULT_SUBSET = "toys"
 # Views per object by subset: 256 of each toy (3,072 images, enough cameras to pin down each shape), 12 of
 # each of the 1,049 objects of ``all`` (12,588 images).
 DEFAULT_VIEWS = {"toys": 256, "all": 12}
@@ -459,6 +461,7 @@ class BuildParams:
     near: float
     far: float
     object_radius: float
+    labels: bool  # class labels, one per object: for the named subsets
     pybullet: str | None  # None: not installed here
 
 
@@ -535,7 +538,7 @@ def build_builtin_dataset(out_dir: str | os.PathLike | None = None, resolution: 
         views_per_object=views_per_object,
         seed=seed, supersampling=SUPERSAMPLING, fov=camera.fov, radius=camera.radius, near=camera.ray_start,
         far=camera.ray_end, object_radius=object_radius(camera.fov, camera.radius, camera.ray_start, camera.ray_end),
-        pybullet=_pybullet_version(),
+        labels=SUBSETS[subset] is not None, pybullet=_pybullet_version(),
     )
     if not force and is_complete(out, params):
         log.info("built-in dataset %s is up to date", out)
@@ -554,12 +557,16 @@ def build_builtin_dataset(out_dir: str | os.PathLike | None = None, resolution: 
         tasks, angles = _tasks(tmp, data_path, objects, params)
         hashes = _render_all(tasks, workers, progress)
         metadata = {"camera": {"fov": params.fov, "radius": params.radius}, "camera_angles": angles}
+        if params.labels:
+            classes = {o.name: i for i, o in enumerate(objects)}
+            metadata["labels"] = {key: classes[key.split("/")[1]] for key in angles}
         data = json.dumps(metadata, indent=1, sort_keys=True).encode()
         _write(tmp / "dataset.json", data)
         hashes["dataset.json"] = hashlib.sha256(data).hexdigest()
         manifest = {
             "params": asdict(params),
             "objects": [{"name": o.name, "source": o.path, "textured": o.textured} for o in objects],
+            "classes": [o.name for o in objects] if params.labels else None,
             "num_images": len(angles),
             "content_sha256": content_hash(hashes),
         }

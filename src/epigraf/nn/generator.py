@@ -170,7 +170,7 @@ class Generator(nn.Module):
             num_steps=rcfg.num_ray_steps, near=cam.ray_start, far=cam.ray_end, deterministic=deterministic,
             nerf_noise_std=0.0 if deterministic else nerf_noise_std, density_shift=rcfg.density_shift,
             clamp_mode=rcfg.clamp_mode, white_back=rcfg.white_back, last_back=rcfg.last_back,
-            has_background=rcfg.background is not None,
+            open_far_end=rcfg.background is not None or rcfg.open_far_end,
         )
         rays = render_rays_chunked(field, origins, directions, opts, rcfg.chunk_rays, generator)
 

@@ -19,9 +19,10 @@ from epigraf.render.samplers import coarse_depths, importance_depths
 
 FieldFn = Callable[[Tensor], Tensor]
 
-# Without a background the last interval is "infinite", so every ray terminates inside the volume.
-LAST_DELTA_NO_BACKGROUND = 1e10
-LAST_DELTA_WITH_BACKGROUND = 1e-3
+# A closed far end gives the last interval an "infinite" length, so every ray terminates inside the volume;
+# an open one (with a background model, or a white backdrop) a short one, so rays can leave it.
+LAST_DELTA_CLOSED = 1e10
+LAST_DELTA_OPEN = 1e-3
 
 
 @dataclass
@@ -37,7 +38,7 @@ class RaySamplingOptions:
     clamp_mode: str = "softplus"
     white_back: bool = False
     last_back: bool = False
-    has_background: bool = False
+    open_far_end: bool = False
 
 
 @dataclass
@@ -62,7 +63,7 @@ def render_rays(
     origins [B, 3], directions [B, P, 3] (unit) → RayRender over the P rays.
     """
     b, p, _ = directions.shape
-    last_delta = LAST_DELTA_WITH_BACKGROUND if opts.has_background else LAST_DELTA_NO_BACKGROUND
+    last_delta = LAST_DELTA_OPEN if opts.open_far_end else LAST_DELTA_CLOSED
     o = origins[:, None, None, :]
     d = directions[:, :, None, :]
 
