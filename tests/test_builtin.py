@@ -269,6 +269,8 @@ def test_subsets():
         builtin.default_dir(subset="robots")
 
 
+# Six cameras are too few for a zero-centred yaw; the check that warns about it is not under test here.
+@pytest.mark.filterwarnings("ignore:.*yaw is not zero-centred")
 def test_toys_are_classes_and_all_is_unlabelled(tiny, tmp_path):
     """A named subset labels every image with its object's index in the subset (``ImageDataset`` reads them as
     one-hot classes, so training is class-conditional); ``all`` writes no labels."""
