@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 
 from epigraf.camera_paths import orbit, points
 from epigraf.checkpoint import load_checkpoint
-from epigraf.data.builtin import default_dir, read_manifest
+from epigraf.data.builtin import default_dir
 from epigraf.data.dataset import ImageDataset
 from epigraf.data.plots import font
 from epigraf.export.images import depth_to_uint8, image_grid, to_uint8
@@ -94,11 +94,11 @@ def figure_ws(G: Generator, classes: list[int], psi: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def samples(G: Generator, class_names: list[str], out: Path, count: int = 32, per_class: int = 6) -> None:
+def samples(G: Generator, out: Path, count: int = 32, per_class: int = 6) -> None:
     """Seeds at ψ = 1, all from ``one_view``: the variety G learnt (a row of seeds per class when conditional)."""
     if G.c_dim:
         ws = class_ws(G, list(range(per_class)), list(range(G.c_dim)), 1.0)
-        title, cols = f"G_ema, seeds 0–{per_class - 1} of each class (rows: {', '.join(class_names)})", per_class
+        title, cols = f"G_ema, seeds 0–{per_class - 1} of each class, a row per class, ψ = 1", per_class
     else:
         ws = seeds_to_ws(G, list(range(count)), truncation_psi=1.0)
         title, cols = f"G_ema, seeds 0–{count - 1}, ψ = 1, one camera", 8
@@ -207,9 +207,8 @@ def main() -> None:
     G = load_checkpoint(args.network).G_ema.eval()
     data = args.data or default_dir(G.cfg.image_resolution)
     dataset = ImageDataset(data, mirror=False)
-    class_names = (read_manifest(data) or {}).get("classes") or [f"class {k}" for k in range(G.c_dim)]
     fakes_vs_reals(G, dataset, args.out)
-    samples(G, class_names, args.out)
+    samples(G, args.out)
     turntable(G, args.out)
     depth_and_normals(G, args.classes, args.out)
     mesh_preview(G, args.classes, args.out)
