@@ -89,7 +89,7 @@ def class_ws(G: Generator, seeds: list[int], classes: list[int], psi: float) -> 
 
 
 def figure_ws(G: Generator, classes: list[int], psi: float) -> torch.Tensor:
-    """The latents of the four-object figures: ``SEEDS``, or seed 0 of each of ``classes``."""
+    """The latents of the per-object figures: ``SEEDS``, or seed 0 of each of ``classes``."""
     return class_ws(G, [0], classes, psi) if G.c_dim else seeds_to_ws(G, SEEDS, truncation_psi=psi)
 
 
@@ -110,7 +110,7 @@ def samples(G: Generator, out: Path, count: int = 32, per_class: int = 6) -> Non
 def turntable(G: Generator, out: Path, frames: int = 36) -> None:
     """Four seeds, or seed 0 of every class, at ψ = 0.7 turning once around, tiled 4 wide."""
     cam = G.cfg.camera
-    ws = class_ws(G, [0], list(range(G.c_dim)), 0.7) if G.c_dim else seeds_to_ws(G, SEEDS, truncation_psi=0.7)
+    ws = figure_ws(G, list(range(G.c_dim)), 0.7)
     per_latent = np.stack([
         to_uint8(render_all(G, w[None].expand(frames, -1, -1), orbit(frames, cam.fov, cam.radius)).image)
         for w in ws])  # [latents, frames, H, W, 3]

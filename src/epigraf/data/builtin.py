@@ -518,7 +518,7 @@ def build_builtin_dataset(out_dir: str | os.PathLike | None = None, resolution: 
                           workers: int | None = None, force: bool = False, progress: bool = False) -> Path:
     """Render the built-in dataset (module docstring) into ``out_dir`` and return that folder.
 
-    out_dir: default ``default_dir(...)`` in the cache. subset: a key of ``SUBSETS`` (default ``all``).
+    out_dir: default ``default_dir(...)`` in the cache. subset: a key of ``SUBSETS`` (default the toys).
     num_objects: the first objects of the subset (default all). views_per_object: default the subset's
     (``DEFAULT_VIEWS``). workers: processes rendering in parallel (default: the usable CPUs; 1 renders in this
     process). force: rebuild even when ``out_dir`` already holds this build. progress: a progress bar.
