@@ -9,7 +9,9 @@ row each), ``turntable.gif`` (four seeds, or seed 0 of every class, turning a fu
 ``depth_normals.png`` (image, depth and normal map per seed or class), ``mesh_preview.png`` (the extracted
 meshes, flat-shaded from three views) and ``kid_curve.png``. A class-conditional model's figures show the
 first four classes where there is room for four (``--classes`` picks others).
-Everything renders deterministically (fixed seeds, no ray jitter), so the figures are reproducible.
+Everything renders deterministically (fixed seeds, no ray jitter), so the figures are reproducible, and with
+``epigraf generate``'s ray samples (``--ray-step-multiplier``, default 2× the training's), so they show what it
+renders.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from epigraf.data.plots import font
 from epigraf.export.images import depth_to_uint8, image_grid, to_uint8
 from epigraf.export.video import write_video
 from epigraf.geometry import extract_geometry
-from epigraf.inference import depth_normals, render_all
+from epigraf.inference import DEFAULT_RAY_STEP_MULTIPLIER, depth_normals, render_all, with_ray_steps
 from epigraf.isosurface import Mesh
 from epigraf.latents import seeds_to_ws
 from epigraf.nn.generator import Generator
@@ -201,10 +203,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     parser.add_argument("--classes", type=lambda s: [int(k) for k in s.split(",")], default=[0, 1, 2, 3],
                         help="a class-conditional model's classes in the depth and mesh figures (default 0,1,2,3)")
+    parser.add_argument("--ray-step-multiplier", type=int, default=DEFAULT_RAY_STEP_MULTIPLIER,
+                        help="render with num_ray_steps × this, as `epigraf generate` (default %(default)s)")
     args = parser.parse_args()
     flush_denormals()
     args.out.mkdir(parents=True, exist_ok=True)
-    G = load_checkpoint(args.network).G_ema.eval()
+    G = with_ray_steps(load_checkpoint(args.network).G_ema.eval(), args.ray_step_multiplier)
     data = args.data or default_dir(G.cfg.image_resolution)
     dataset = ImageDataset(data, mirror=False)
     fakes_vs_reals(G, dataset, args.out)

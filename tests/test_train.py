@@ -269,9 +269,9 @@ def test_cli_train_runs_and_reports_errors(tmp_path, dataset, capsys):
     assert "dataset images are 32² but the model ('ffhq256') trains at 256²" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("nimg", "message"), [(40_000, "finished 40 kimg"), (5_120, "stopped at 5.12 of 40 kimg")])
+@pytest.mark.parametrize(("nimg", "message"), [(120_000, "finished 120 kimg"), (5_120, "stopped at 5.12 of 120 kimg")])
 def test_cli_train_without_kimg_reports_against_the_presets_length(tmp_path, monkeypatch, caplog, nimg, message):
-    """The README's first command gives no --kimg: its end-of-run line compares with the preset's 40 kimg."""
+    """The README's first command gives no --kimg: its end-of-run line compares with the preset's 120 kimg."""
     import logging
 
     import epigraf.train.loop as loop
