@@ -137,11 +137,11 @@ class Fit:
         return cls(histogram_distance(fakes.images, reals.images), silhouette_iou(fakes, reals))
 
 
-def sphere_model_config(open_far_end: bool = True) -> ModelConfig:
+def sphere_model_config() -> ModelConfig:
     """The tests' tiny model, with the dataset's camera and a white background like the reals' that rays which
     miss the object see (``open_far_end``; closed, the original's rendering, the last sample is opaque)."""
     base = tiny_model_config()
-    render = dataclasses.replace(base.generator.render, white_back=True, num_ray_steps=12, open_far_end=open_far_end)
+    render = dataclasses.replace(base.generator.render, white_back=True, num_ray_steps=12, open_far_end=True)
     generator = dataclasses.replace(base.generator, camera=dataclasses.replace(CAMERA), render=render)
     return dataclasses.replace(base, name="spheres", generator=generator)
 
@@ -170,11 +170,11 @@ class LearningOutcome:
         return (self.untrained.colour - self.trained.colour) / self.untrained.colour
 
 
-def train_and_measure(tmp_path: Path, seed: int, open_far_end: bool = True, **overrides) -> LearningOutcome:
+def train_and_measure(tmp_path: Path, seed: int, **overrides) -> LearningOutcome:
     """Train from ``seed`` with ``learning_options`` (``overrides`` replace some) and measure before and after."""
     data = make_sphere_dataset(tmp_path / "data")
     opts = learning_options(data, tmp_path / f"run{seed}", seed, **overrides)
-    model = sphere_model_config(open_far_end)
+    model = sphere_model_config()
     eval_angles = camera_angles(32, seed=1)
     reals = render_spheres(eval_angles)
     torch.manual_seed(seed)
