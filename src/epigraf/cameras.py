@@ -125,13 +125,6 @@ def conditioning_angles(angles: Tensor) -> Tensor:
     return a.sign() * (a.abs() % (2 * math.pi)) / (2 * math.pi)
 
 
-def mirror_angles(angles: Tensor) -> Tensor:
-    """Angles of the horizontally flipped image: yaw negated (valid because yaw is zero-centred)."""
-    out = angles.clone()
-    out[:, 0] = -out[:, 0]
-    return out
-
-
 CAMERA_DISTRIBUTIONS = ("custom", "spherical_uniform", "normal")
 
 
