@@ -172,7 +172,7 @@ def _rays(fx, G, D):
     return {
         "z_vals": z,
         "rays_d_cam_full": camera_directions(full, cams.fov),
-        "rays_d_cam_patch": camera_directions(patch_grid(params, kw["patch_resolution"]),
+        "rays_d_cam_patch": camera_directions(patch_grid(params.scales, params.offsets, kw["patch_resolution"]),
                                               torch.full((len(params),), kw["fov"])),
         "cam2world": cams.cam2world(),
         "points_world": points_along_rays(origins, d_world, z),

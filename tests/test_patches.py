@@ -41,8 +41,8 @@ def test_sampling_grid_is_ray_grid_with_y_negated(torch_generator):
     s = torch.rand(5, 1, generator=torch_generator) * 0.8 + 0.2
     o = torch.rand(5, 2, generator=torch_generator) * (1 - s)
     params = PatchParams(s.expand(5, 2), o)
-    rays = patch_grid(params, r).reshape(5, r, r, 2)
-    grid = patch_sampling_grid(params, r)
+    rays = patch_grid(params.scales, params.offsets, r).reshape(5, r, r, 2)
+    grid = patch_sampling_grid(params.scales, params.offsets, r)
     assert torch.equal(grid[..., 0], rays[..., 0])
     assert torch.equal(grid[..., 1], -rays[..., 1])
 

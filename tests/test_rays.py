@@ -36,7 +36,7 @@ def test_patch_rays_are_crop_of_full_rays(a, b):
     o_full, d_full = world_rays(cams, pixel_grid(big, big).unsqueeze(0))
     s = (small - 1) / (big - 1)
     params = PatchParams(torch.full((2, 2), s), torch.tensor([[a, b], [a, b]]) / (big - 1.0))
-    o_patch, d_patch = world_rays(cams, patch_grid(params, small))
+    o_patch, d_patch = world_rays(cams, patch_grid(params.scales, params.offsets, small))
     crop = d_full.reshape(2, big, big, 3)[:, big - small - b : big - b, a : a + small]
     torch.testing.assert_close(d_patch.reshape(2, small, small, 3), crop, atol=1e-6, rtol=0)
     torch.testing.assert_close(o_patch, o_full, atol=0, rtol=0)
@@ -46,7 +46,7 @@ def test_patch_grid_general_form(torch_generator):
     r = 7
     s = torch.rand(4, generator=torch_generator) * 0.9 + 0.1
     o = torch.rand(4, 2, generator=torch_generator) * (1 - s[:, None])
-    grid = patch_grid(PatchParams(s[:, None].expand(4, 2), o), r).reshape(4, r, r, 2)
+    grid = patch_grid(s[:, None].expand(4, 2), o, r).reshape(4, r, r, 2)
     i = torch.arange(r, dtype=torch.float32).reshape(1, r, 1)
     j = torch.arange(r, dtype=torch.float32).reshape(1, 1, r)
     sv, ox, oy = s.reshape(4, 1, 1), o[:, 0].reshape(4, 1, 1), o[:, 1].reshape(4, 1, 1)
@@ -56,9 +56,16 @@ def test_patch_grid_general_form(torch_generator):
     torch.testing.assert_close(grid[..., 1], y.expand(4, r, r), atol=1e-6, rtol=0)
 
 
+def test_patch_grid_wants_scales_and_offsets_of_one_shape():
+    with pytest.raises(ValueError, match=r"\[B, 2\]"):
+        patch_grid(torch.full((2, 2), 0.5), torch.zeros(2), 4)
+    with pytest.raises(ValueError, match=r"\[B, 2\]"):
+        patch_grid(torch.full((2,), 0.5), torch.zeros(2), 4)
+
+
 def test_patch_grid_uses_each_axis_scale():
     params = PatchParams(torch.tensor([[0.5, 0.25]]), torch.tensor([[0.5, 0.0]]))
-    grid = patch_grid(params, 2)
+    grid = patch_grid(params.scales, params.offsets, 2)
     assert grid[0, :, 0].tolist() == [0.0, 1.0, 0.0, 1.0]
     assert grid[0, :, 1].tolist() == [-0.5, -0.5, -1.0, -1.0]
 
@@ -89,7 +96,7 @@ def test_rays_fixture(original_fixtures, rel_err):
     z = coarse_depths(kw["ray_start"], kw["ray_end"], n, (), deterministic=True)
     d_cam_full = camera_directions(full, cams.fov)
     d_cam_patch = camera_directions(
-        patch_grid(params, kw["patch_resolution"]), torch.full((len(params),), kw["fov"])
+        patch_grid(params.scales, params.offsets, kw["patch_resolution"]), torch.full((len(params),), kw["fov"])
     )
     origins, d_world = world_rays(cams, full)
     points = points_along_rays(origins, d_world, z)

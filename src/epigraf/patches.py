@@ -228,5 +228,6 @@ def extract_patches(images: Tensor, patch_params: PatchParams, resolution: int) 
         raise ValueError(f"images must be [B, C, H, W], got {list(images.shape)}")
     if images.shape[0] != patch_params.batch_size:
         raise ValueError(f"{images.shape[0]} images but {patch_params.batch_size} patch parameters")
-    grid = patch_sampling_grid(patch_params.to(images.device), resolution).to(images.dtype)
+    on_device = patch_params.to(images.device)
+    grid = patch_sampling_grid(on_device.scales, on_device.offsets, resolution).to(images.dtype)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)

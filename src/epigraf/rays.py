@@ -13,15 +13,11 @@ top-down), which is what makes a real patch and a rendered patch show the same p
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from epigraf.cameras import Cameras, checked_angles
-
-if TYPE_CHECKING:
-    from epigraf.patches import PatchParams
 
 
 def pixel_grid(h: int, w: int, device: torch.device | str | None = None) -> Tensor:
@@ -34,23 +30,26 @@ def pixel_grid(h: int, w: int, device: torch.device | str | None = None) -> Tens
     return torch.stack([x, y], dim=-1).reshape(h * w, 2)
 
 
-def patch_grid(patch_params: PatchParams, resolution: int) -> Tensor:
+def patch_grid(scales: Tensor, offsets: Tensor, resolution: int) -> Tensor:
     """Camera-plane coordinates of an r×r patch's pixels (r = resolution). → [B, r*r, 2] (x', y'), row-major.
 
-    patch_params: scales [B, 2] and offsets [B, 2]; scales[:, 0] and offsets[:, 0] act on x, [:, 1] on y.
+    scales [B, 2] and offsets [B, 2] (a ``PatchParams``' fields); scales[:, 0] and offsets[:, 0] act on x,
+    [:, 1] on y.
     """
-    scales, offsets = patch_params.scales, patch_params.offsets
+    if scales.ndim != 2 or scales.shape[1] != 2 or offsets.shape != scales.shape:
+        raise ValueError(f"patch scales and offsets must both be [B, 2], got {list(scales.shape)} and "
+                         f"{list(offsets.shape)}")
     grid = pixel_grid(resolution, resolution, device=scales.device).to(scales.dtype)
     return (grid.unsqueeze(0) + 1.0) * scales.unsqueeze(1) - 1.0 + 2.0 * offsets.unsqueeze(1)
 
 
-def patch_sampling_grid(patch_params: PatchParams, resolution: int) -> Tensor:
+def patch_sampling_grid(scales: Tensor, offsets: Tensor, resolution: int) -> Tensor:
     """The ``grid_sample`` grid that reads the image pixels the patch's rays see. → [B, r, r, 2].
 
     It is ``patch_grid`` with y negated: grid_sample's second coordinate runs −1 → 1 from the top row down,
     while ours runs 1 → −1.
     """
-    grid = patch_grid(patch_params, resolution)
+    grid = patch_grid(scales, offsets, resolution)
     grid = torch.stack([grid[..., 0], -grid[..., 1]], dim=-1)
     return grid.reshape(grid.shape[0], resolution, resolution, 2)
 

@@ -157,7 +157,8 @@ class Generator(nn.Module):
             if len(patch_params) != b:
                 raise ValueError(f"{len(patch_params)} patch params for a batch of {b}")
             res = resolution or self.cfg.patch_resolution
-            grid = patch_grid(patch_params.to(planes.device), res)
+            on_device = patch_params.to(planes.device)
+            grid = patch_grid(on_device.scales, on_device.offsets, res)
         origins, directions = world_rays(cameras.to(planes.device), grid)
 
         feats = split_planes(planes, self.cfg.triplane_channels)
