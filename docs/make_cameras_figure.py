@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from epigraf.camera_formats import angles_to_cam2world
 from epigraf.cameras import camera_origins
+from epigraf.cameras.conventions import angles_to_cam2world
 from epigraf.data.plots import (
     AXIS_COLOURS,
     INK,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from epigraf.camera_paths import orbit, points
+from epigraf.cameras.paths import orbit, points
 from epigraf.checkpoint import load_checkpoint
 from epigraf.data.builtin import default_dir
 from epigraf.data.dataset import ImageDataset

@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 from epigraf.cameras import Cameras, cam2world_matrices
+from epigraf.cameras.rays import pixel_grid, world_rays
 from epigraf.config import preset
 from epigraf.data import builtin
 from epigraf.data.dataset import ImageDataset
-from epigraf.rays import pixel_grid, world_rays
 
 NEEDS_PYBULLET = "the built-in dataset renders with pybullet (pip install 'epigraf[builtin]')"
 

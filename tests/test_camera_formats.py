@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from epigraf import camera_formats as cf
 from epigraf.cameras import Cameras
+from epigraf.cameras import conventions as cf
+from epigraf.cameras.rays import pixel_grid, world_rays
 from epigraf.data.convert import ConvertOptions, convert_dataset
 from epigraf.data.poses import load_poses
-from epigraf.rays import pixel_grid, world_rays
 
 TOL = 1e-6
 

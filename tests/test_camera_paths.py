@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from epigraf.camera_paths import PATHS, camera_path, front_circle, line, orbit, points, take, wiggle
+from epigraf.cameras.paths import PATHS, camera_path, front_circle, line, orbit, points, take, wiggle
 
 
 @pytest.mark.parametrize("name", PATHS)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from epigraf.cameras import Cameras, camera_origins, checked_angles
-from epigraf.rays import pixel_grid, points_along_rays, world_rays
+from epigraf.cameras.rays import pixel_grid, points_along_rays, world_rays
 
 
 def _cameras(yaw: float, pitch: float, fov: float = 12.0, radius: float = 1.0) -> Cameras:

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from epigraf.cameras import Cameras
+from epigraf.cameras.rays import pixel_grid, world_rays
 from epigraf.metrics.consistency import View, consistency_metric, project_points, reproject
-from epigraf.rays import pixel_grid, world_rays
 from epigraf.render.volume import RaySamplingOptions, render_rays
 
 FOV, NEAR, FAR, RES = 30.0, 0.75, 1.25, 40

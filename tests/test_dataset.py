@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from epigraf.camera_formats import angles_to_eg3d, circular_mean
+from epigraf.cameras.conventions import angles_to_eg3d, circular_mean
 from epigraf.cli import main
 from epigraf.config import FFHQ_CAMERA, MEGASCANS_CAMERA
 from epigraf.data import DatasetWarning, ImageDataset, validate_dataset

@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 
 from epigraf.cameras import Cameras
+from epigraf.cameras.rays import pixel_grid, world_rays
 from epigraf.config import CameraConfig, ModelConfig
 from epigraf.data.dataset import DatasetWarning, ImageDataset
 from epigraf.nn.generator import Generator
-from epigraf.rays import pixel_grid, world_rays
 from epigraf.train.loop import train
 from epigraf.train.options import TrainOptions
 from test_checkpoint import tiny_model_config

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from conftest import FIXTURE_TOL, OriginalFixtures, load_original_set, rel_err
 from epigraf.cameras import Cameras
+from epigraf.cameras.rays import camera_directions, patch_grid, pixel_grid, points_along_rays, world_rays
 from epigraf.checkpoint import load_checkpoint
 from epigraf.cli import main
 from epigraf.compat.original import convert_generator_state, from_original, model_config
@@ -28,7 +29,6 @@ from epigraf.nn.field import query_triplanes, split_planes
 from epigraf.nn.generator import Generator
 from epigraf.nn.layers import MinibatchStd, fir_filter_2d, upsample2d
 from epigraf.patches import PatchParams, extract_patches
-from epigraf.rays import camera_directions, patch_grid, pixel_grid, points_along_rays, world_rays
 from epigraf.render.compositing import composite
 from epigraf.render.samplers import coarse_depths, importance_depths, sample_pdf
 from epigraf.train.loop import train

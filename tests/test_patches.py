@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from epigraf import schedules
+from epigraf.cameras.rays import patch_grid, patch_sampling_grid
 from epigraf.config import PatchConfig
 from epigraf.patches import PatchParams, extract_patches, sample_beta, sample_patch_params
-from epigraf.rays import patch_grid, patch_sampling_grid
 
 # Property 2 ----------------------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from epigraf.cameras import Cameras
+from epigraf.cameras.rays import camera_directions, patch_grid, pixel_grid, points_along_rays, world_rays
 from epigraf.patches import PatchParams
-from epigraf.rays import camera_directions, patch_grid, pixel_grid, points_along_rays, world_rays
 from epigraf.render.samplers import coarse_depths
 
 

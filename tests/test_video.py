@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import epigraf.export.video as video
-from epigraf.camera_paths import orbit
+from epigraf.cameras.paths import orbit
 from epigraf.checkpoint import save_checkpoint
 from epigraf.cli import main
 from epigraf.export.video import resolve_format, write_video

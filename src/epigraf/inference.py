@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from epigraf.camera_paths import take
 from epigraf.cameras import Cameras
+from epigraf.cameras.paths import take
+from epigraf.cameras.rays import camera_directions, pixel_grid
 from epigraf.nn.generator import Generator, GeneratorOutput
-from epigraf.rays import camera_directions, pixel_grid
 
 # The original's inference defaults (docs/method.md §7.2), shared by `epigraf generate` and the viewer.
 DEFAULT_TRUNCATION = 0.7

@@ -2,7 +2,7 @@
 
 A patch is a square window of the image given by its scale s and offset (o_x, o_y), all in fractions
 of the image side: it spans x ∈ [o_x, o_x + s] from the left and y ∈ [o_y, o_y + s] from the *bottom*
-(see ``epigraf.rays`` for the one place that turns this into pixel coordinates).
+(see ``epigraf.cameras.rays`` for the one place that turns this into pixel coordinates).
 
 Grouping (docs/method.md §10 row 1): the minibatch-stddev layer of D groups samples strided, sample n in group
 n mod (N/G). Sharing patch parameters across exactly those samples keeps each stddev statistic
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from epigraf import schedules
+from epigraf.cameras.rays import patch_sampling_grid
 from epigraf.config import PatchConfig
-from epigraf.rays import patch_sampling_grid
 
 # Scales and offsets come out of float32 arithmetic; o + s may exceed 1 by a rounding error.
 _FIT_TOLERANCE = 1e-6

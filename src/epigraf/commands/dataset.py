@@ -14,8 +14,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from epigraf.camera_formats import WORLDS
 from epigraf.cameras import CAMERA_DISTRIBUTIONS
+from epigraf.cameras.conventions import WORLDS
 from epigraf.commands.dataset_builtin import register_builtin
 from epigraf.config import PRESETS, CameraConfig, ModelConfig, preset
 from epigraf.data.camera_check import check_camera

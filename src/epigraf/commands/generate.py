@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from epigraf.camera_paths import points, take
+from epigraf.cameras.paths import points, take
 from epigraf.checkpoint import load_checkpoint
 from epigraf.commands.arguments import add_device_argument
 from epigraf.config import PRESETS, preset

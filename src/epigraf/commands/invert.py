@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from epigraf.camera_paths import PATHS, camera_path
+from epigraf.cameras.paths import PATHS, camera_path
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
 from epigraf.data.metadata import parse_camera_angles
 from epigraf.data.sources import image_key, match_keys

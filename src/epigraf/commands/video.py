@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from epigraf.camera_paths import PATHS, camera_path
+from epigraf.cameras.paths import PATHS, camera_path
 from epigraf.commands.generate import (
     add_latent_arguments,
     add_model_arguments,

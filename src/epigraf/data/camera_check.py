@@ -4,7 +4,7 @@ agreement of the configured fov with the one stored by ``epigraf dataset convert
 Every point the renderer samples lies on a ray between ``ray_start`` and ``ray_end``; the tri-plane
 cube [−cube_scale, cube_scale]³ must contain them all, or features are sampled outside the planes.
 The check follows docs/method.md §11.7: the four corner rays of the image (the border pixel centres, camera-plane
-coordinates (±1, ±1), from ``epigraf.rays``) at distances near and far, max |p|∞ over the poses.
+coordinates (±1, ±1), from ``epigraf.cameras.rays``) at distances near and far, max |p|∞ over the poses.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from epigraf.cameras import PITCH_EPS, Cameras
+from epigraf.cameras.rays import pixel_grid, points_along_rays, world_rays
 from epigraf.config import CameraConfig
-from epigraf.rays import pixel_grid, points_along_rays, world_rays
 
 # Stored and configured fov closer than this (relative) are the same camera for practical purposes.
 _FOV_RELATIVE_TOLERANCE = 0.02

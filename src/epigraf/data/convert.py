@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from epigraf.camera_formats import YawCentring, angle_errors, yaw_centring_warning, zero_centre_yaw
+from epigraf.cameras.conventions import YawCentring, angle_errors, yaw_centring_warning, zero_centre_yaw
 from epigraf.data.metadata import examples, load_json, match_errors, parse_labels
 from epigraf.data.poses import PoseTable, epigraf_poses
 from epigraf.data.sources import KeyMatch, Source, image_key, match_keys, open_image, open_source

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from epigraf.camera_formats import (
+from epigraf.cameras.conventions import (
     CameraPoseWarning,
     PoseConversion,
     eg3d_to_angles,

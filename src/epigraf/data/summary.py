@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from epigraf.camera_formats import circular_mean
+from epigraf.cameras.conventions import circular_mean
 from epigraf.data.dataset import ImageDataset
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from epigraf.camera_formats import angle_errors, yaw_centring_warning
+from epigraf.cameras.conventions import angle_errors, yaw_centring_warning
 from epigraf.data.metadata import (
     EG3D_LABEL_SIZE,
     examples,

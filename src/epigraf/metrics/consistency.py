@@ -3,7 +3,7 @@
 For a view A (image, depth, opacity, camera) and a view B of the same scene:
 
 1. back-project every pixel of A to the world point o_A + depth_A · d_A on its own ray (our pixel grid
-   and OpenGL camera convention, ``epigraf.rays``; depth is the distance along the unit ray, divided by
+   and OpenGL camera convention, ``epigraf.cameras.rays``; depth is the distance along the unit ray, divided by
    the opacity when one is given, i.e. the expected distance of the rays that terminate);
 2. project that point into B with ``project_points`` (pinhole, B's cam2world and fov) and read B's colour,
    depth and opacity there (bilinear, align-corners, i.e. the grid x_j = −1 + 2j/(w−1),
@@ -40,10 +40,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from epigraf.cameras import Cameras, checked_angles
+from epigraf.cameras.rays import pixel_grid, world_rays
 from epigraf.metrics.sampling import MetricDataset, sample_conditions
 from epigraf.nn.generator import Generator
 from epigraf.progress import track
-from epigraf.rays import pixel_grid, world_rays
 
 __all__ = [
     "ConsistencyResult",
@@ -78,7 +78,7 @@ def project_points(points: Tensor, cameras: Cameras) -> tuple[Tensor, Tensor, Te
     """Project world points into look-at-origin pinhole cameras.
 
     points [B, P, 3] → (xy [B, P, 2] camera-plane coordinates in the pixel-grid convention of
-    ``epigraf.rays`` (±1 = centres of the border pixels, +y = up), distance [B, P] from the camera centre,
+    ``epigraf.cameras.rays`` (±1 = centres of the border pixels, +y = up), distance [B, P] from the camera centre,
     in_front [B, P] bool). Inverse of the ray construction: a point on the ray of grid position (x, y)
     projects back to (x, y).
     """

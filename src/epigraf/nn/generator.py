@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from epigraf.cameras import Cameras, checked_angles, conditioning_angles
+from epigraf.cameras.rays import patch_grid, pixel_grid, world_rays
 from epigraf.config import GeneratorConfig
 from epigraf.nn.background import SphereBackground
 from epigraf.nn.field import TriPlaneField, split_planes
 from epigraf.nn.mapping import MappingNetwork
 from epigraf.nn.synthesis import TriPlaneSynthesis
 from epigraf.patches import PatchParams, extract_patches
-from epigraf.rays import patch_grid, pixel_grid, world_rays
 from epigraf.render.volume import RaySamplingOptions, render_rays_chunked
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from epigraf.camera_paths import front_circle, orbit
+from epigraf.cameras.paths import front_circle, orbit
 from epigraf.export.images import image_grid, save_png, to_uint8
 from epigraf.export.video import resolve_format, video_path, write_video
 from epigraf.inference import render_batches

@@ -1,7 +1,7 @@
 """The viewer's rendering session: cached tri-planes, superseded requests dropped, frames as PNG/JPEG bytes.
 
 Same render path as ``epigraf generate``: ``seeds_to_ws`` → ``with_ray_steps`` → ``G.synthesize(ws, "const")`` →
-``G.render(..., deterministic=True)`` with the camera from ``camera_paths.points`` → ``to_uint8`` /
+``G.render(..., deterministic=True)`` with the camera from ``epigraf.cameras.paths.points`` → ``to_uint8`` /
 ``depth_to_uint8`` / ``depth_normals`` — so a frame equals the file ``epigraf generate`` writes for the same
 seed, truncation, class, camera, resolution and ray-step multiplier.
 
@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from epigraf.camera_paths import points
+from epigraf.cameras.paths import points
 from epigraf.config import CameraConfig
 from epigraf.export.images import depth_to_uint8, to_uint8
 from epigraf.export.mesh import MESH_FORMATS, save_mesh

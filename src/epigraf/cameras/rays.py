@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from epigraf.cameras import Cameras, checked_angles
+from epigraf.cameras.angles import Cameras, checked_angles
 
 
 def pixel_grid(h: int, w: int, device: torch.device | str | None = None) -> Tensor:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from epigraf.cameras import PITCH_EPS, Cameras, checked_angles
+from epigraf.cameras.angles import PITCH_EPS, Cameras, checked_angles
 
 PATHS = ("front_circle", "wiggle", "line", "orbit")
 

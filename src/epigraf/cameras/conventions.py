@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from epigraf.cameras import cam2world_matrices
+from epigraf.cameras.angles import cam2world_matrices
 
 __all__ = [
     "CAMERA_AXES",
