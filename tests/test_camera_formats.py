@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from epigraf.cameras import Cameras
-from epigraf.cameras import conventions as cf
+from epigraf.cameras import conventions as cc
+from epigraf.cameras import formats as cf
 from epigraf.cameras.rays import pixel_grid, world_rays
 from epigraf.data.convert import ConvertOptions, convert_dataset
 from epigraf.data.poses import load_poses
@@ -34,14 +35,14 @@ def random_poses(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np
 Codec = tuple[Callable[..., object], Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray | None]]]
 
 
-def _decoded(conv: cf.PoseConversion, fov: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _decoded(conv: cc.PoseConversion, fov: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     return conv.angles, conv.radius, fov if conv.fov is None else conv.fov
 
 
 CODECS: dict[str, Codec] = {
     "angles": (lambda a, r, f: (a, r, f), lambda x, f: x),
-    "opengl": (lambda a, r, f: cf.angles_to_cam2world(a, r),
-               lambda x, f: _decoded(cf.cam2world_to_angles(x), f)),
+    "opengl": (lambda a, r, f: cc.angles_to_cam2world(a, r),
+               lambda x, f: _decoded(cc.cam2world_to_angles(x), f)),
     "opencv": (lambda a, r, f: cf.angles_to_matrices(a, r, axes="opencv"),
                lambda x, f: _decoded(cf.matrices_to_angles(x, axes="opencv"), f)),
     "opencv-eg3d-world": (lambda a, r, f: cf.angles_to_matrices(a, r, axes="opencv", world="eg3d"),
@@ -55,7 +56,7 @@ CODECS: dict[str, Codec] = {
 
 def assert_same_poses(got: tuple, want: tuple) -> None:
     angles, radius, fov = got
-    np.testing.assert_allclose(cf.wrap_angle(angles[:, 0] - want[0][:, 0]), 0, atol=TOL)
+    np.testing.assert_allclose(cc.wrap_angle(angles[:, 0] - want[0][:, 0]), 0, atol=TOL)
     np.testing.assert_allclose(angles[:, 1:], want[0][:, 1:], atol=TOL)
     np.testing.assert_allclose(radius, want[1], atol=TOL)
     np.testing.assert_allclose(fov, want[2], atol=TOL)
@@ -78,7 +79,7 @@ def test_round_trip_every_format_pair(src: str, dst: str) -> None:
 
 
 def test_gl_cv_flip_is_an_involution_and_keeps_the_camera() -> None:
-    m = cf.angles_to_cam2world(*random_poses(8)[:2])
+    m = cc.angles_to_cam2world(*random_poses(8)[:2])
     cv = cf.opengl_to_opencv(m)
     np.testing.assert_allclose(cf.opencv_to_opengl(cv), m, atol=1e-12)
     np.testing.assert_allclose(cv[:, :3, 2], -m[:, :3, 2])  # OpenCV looks along +z
@@ -89,7 +90,7 @@ def test_gl_cv_flip_is_an_involution_and_keeps_the_camera() -> None:
 def test_frontal_camera_anchors() -> None:
     """The documented frontal camera in each format (docs/method.md §11.5 for ours)."""
     frontal = np.array([[0.0, math.pi / 2, 0.0]])
-    ours = cf.angles_to_cam2world(frontal, 1.0)[0]
+    ours = cc.angles_to_cam2world(frontal, 1.0)[0]
     np.testing.assert_allclose(ours[:3, 3], [1, 0, 0], atol=1e-12)
     np.testing.assert_allclose(ours[:3, 0], [0, 0, -1], atol=1e-12)  # image right
     np.testing.assert_allclose(ours[:3, 1], [0, 1, 0], atol=1e-12)  # image up
@@ -151,7 +152,7 @@ def test_projected_points_land_on_the_same_pixels() -> None:
     p_cv = (points_eg3d - c2w_cv[:3, 3]) @ c2w_cv[:3, :3]
     uvw = p_cv @ k.T
     uv_eg3d = uvw[:, :2] / uvw[:, 2:]
-    c2w = cf.angles_to_cam2world(angles, radius)[0]
+    c2w = cc.angles_to_cam2world(angles, radius)[0]
     p_gl = (points_ours - c2w[:3, 3]) @ c2w[:3, :3]
     plane = p_gl[:, :2] / -p_gl[:, 2:] * (1 / math.tan(math.radians(fov[0]) / 2))  # our x', y' ∈ [−1, 1]
     np.testing.assert_allclose(uv_eg3d[:, 0], (plane[:, 0] + 1) / 2, atol=TOL)
@@ -162,17 +163,17 @@ def test_fov_and_radius_helpers() -> None:
     k = cf.intrinsics_from_fov([12.0, 30.0])
     np.testing.assert_allclose(cf.fov_from_intrinsics(k), [12.0, 30.0], atol=1e-12)
     np.testing.assert_allclose(k[:, 0, 2], 0.5)
-    m = cf.angles_to_cam2world(random_poses(4)[0], [1.0, 2.0, 3.0, 4.0])
-    np.testing.assert_allclose(cf.radius_from_cam2world(m), [1, 2, 3, 4], atol=1e-12)
+    m = cc.angles_to_cam2world(random_poses(4)[0], [1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(cc.radius_from_cam2world(m), [1, 2, 3, 4], atol=1e-12)
 
 
 def test_zero_centre_yaw_shifts_by_the_circular_mean() -> None:
     yaw = np.array([3.0, -3.1, 2.9, 3.05])  # clustered around ±π: the arithmetic mean would be wrong
     angles = np.stack([yaw, np.full(4, 1.5), np.zeros(4)], axis=1)
-    centred, report = cf.zero_centre_yaw(angles)
+    centred, report = cc.zero_centre_yaw(angles)
     assert report.applied
     assert report.shift == pytest.approx(np.mean(yaw % (2 * math.pi)), abs=1e-3)
-    assert cf.circular_mean(centred[:, 0])[0] == pytest.approx(0.0, abs=1e-12)
+    assert cc.circular_mean(centred[:, 0])[0] == pytest.approx(0.0, abs=1e-12)
     assert np.abs(centred[:, 0]).max() < 0.2
     assert "circular mean is 0" in str(report)
     np.testing.assert_array_equal(centred[:, 1:], angles[:, 1:])
@@ -181,16 +182,16 @@ def test_zero_centre_yaw_shifts_by_the_circular_mean() -> None:
 def test_zero_centre_yaw_leaves_a_full_circle_alone() -> None:
     yaw = np.linspace(-math.pi, math.pi, 24, endpoint=False)
     angles = np.stack([yaw, np.full(24, 1.5), np.zeros(24)], axis=1)
-    with pytest.warns(cf.CameraPoseWarning, match="covers the full circle"):
-        out, report = cf.zero_centre_yaw(angles)
+    with pytest.warns(cc.CameraPoseWarning, match="covers the full circle"):
+        out, report = cc.zero_centre_yaw(angles)
     assert not report.applied
     np.testing.assert_array_equal(out, angles)
 
 
 def test_yaw_centring_warning_reports_the_mean() -> None:
     angles = np.stack([np.full(5, 0.5), np.full(5, 1.5), np.zeros(5)], axis=1)
-    assert "circular mean is 0.5000 rad" in cf.yaw_centring_warning(angles)
-    assert cf.yaw_centring_warning(angles * [0, 1, 1]) is None
+    assert "circular mean is 0.5000 rad" in cc.yaw_centring_warning(angles)
+    assert cc.yaw_centring_warning(angles * [0, 1, 1]) is None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,8 +212,8 @@ def test_non_look_at_pose_warns_and_center_fixes_it() -> None:
     target = np.array([0.0, 0.0, 0.3])
     eyes = [np.array([2.0, 0.5, 1.0]), np.array([1.5, -0.2, -1.5]), np.array([0.3, 1.0, 2.5])]
     m = np.stack([_look_at(e, target) for e in eyes])
-    with pytest.warns(cf.CameraPoseWarning, match="do not look at the origin"):
-        conv = cf.cam2world_to_angles(m)
+    with pytest.warns(cc.CameraPoseWarning, match="do not look at the origin"):
+        conv = cc.cam2world_to_angles(m)
     assert conv.off_axis_deg.max() > 1.0
     point, rms = cf.estimate_look_at(m)
     np.testing.assert_allclose(point, target, atol=1e-9)
@@ -224,12 +225,12 @@ def test_non_look_at_pose_warns_and_center_fixes_it() -> None:
 
 
 def test_roll_warns_and_is_measured() -> None:
-    m = cf.angles_to_cam2world([[0.3, 1.2, 0.0]])
+    m = cc.angles_to_cam2world([[0.3, 1.2, 0.0]])
     roll = math.radians(10)
     rz = np.array([[math.cos(roll), -math.sin(roll), 0], [math.sin(roll), math.cos(roll), 0], [0, 0, 1]])
     m[0, :3, :3] = m[0, :3, :3] @ rz  # turn the camera about its optical axis
-    with pytest.warns(cf.CameraPoseWarning, match="have roll"):
-        conv = cf.cam2world_to_angles(m)
+    with pytest.warns(cc.CameraPoseWarning, match="have roll"):
+        conv = cc.cam2world_to_angles(m)
     assert conv.roll_deg[0] == pytest.approx(10.0, abs=1e-9)
     np.testing.assert_allclose(conv.angles[0, :2], [0.3, 1.2], atol=1e-12)
 
@@ -243,7 +244,7 @@ def test_roll_warns_and_is_measured() -> None:
 ])
 def test_bad_angles_are_errors(angles: list, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        cf.angles_to_cam2world(angles)
+        cc.angles_to_cam2world(angles)
 
 
 @pytest.mark.parametrize(("matrix", "message"), [
@@ -256,7 +257,7 @@ def test_bad_angles_are_errors(angles: list, message: str) -> None:
 ])
 def test_bad_matrices_are_errors(matrix: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        cf.cam2world_to_angles(matrix)
+        cc.cam2world_to_angles(matrix)
 
 
 def test_bad_eg3d_labels() -> None:
@@ -274,7 +275,7 @@ def test_bad_eg3d_labels() -> None:
         cf.eg3d_to_angles(anisotropic)
     shifted = good.copy()
     shifted[0, 18] = 0.55
-    with pytest.warns(cf.CameraPoseWarning, match="not at the image centre"):
+    with pytest.warns(cc.CameraPoseWarning, match="not at the image centre"):
         cf.eg3d_to_angles(shifted)
 
 
@@ -313,7 +314,7 @@ def test_missing_pose_entries_are_an_error(tmp_path) -> None:
 
 def test_ordered_pose_array_must_match_the_image_count(tmp_path) -> None:
     _images(tmp_path / "imgs", 3)
-    np.save(tmp_path / "poses.npy", cf.angles_to_cam2world(random_poses(2)[0] * [0.2, 0, 0] + [0, 1.5, 0]))
+    np.save(tmp_path / "poses.npy", cc.angles_to_cam2world(random_poses(2)[0] * [0.2, 0, 0] + [0, 1.5, 0]))
     with pytest.raises(ValueError, match="2 poses but 3 images"):
         convert_dataset(tmp_path / "imgs", tmp_path / "out.zip", load_poses(tmp_path / "poses.npy", "opengl"))
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from epigraf.cameras.conventions import angles_to_eg3d, circular_mean
+from epigraf.cameras.conventions import circular_mean
+from epigraf.cameras.formats import angles_to_eg3d
 from epigraf.cli import main
 from epigraf.config import FFHQ_CAMERA, MEGASCANS_CAMERA
 from epigraf.data import DatasetWarning, ImageDataset, validate_dataset

@@ -1,7 +1,8 @@
 """Cameras: EpiGRAF's camera convention and everything built on it (docs/method.md §2.1, §2.2, §7.2, §13).
 
     angles       the ``Cameras`` batch; angles → look-at-origin cam2world; pose conditioning; camera distributions
-    conventions  angles ↔ cam2world in float64 numpy, checks, yaw centring, other tools' axes, EG3D, Blender
+    conventions  our convention in float64 numpy: checks of angles and matrices, yaw centring, angles ↔ cam2world
+    formats      other tools' poses ↔ ours: camera axes (OpenGL/OpenCV), world axes, intrinsics, EG3D, Blender
     paths        camera paths for videos and multi-view grids
     rays         ray grids for full images and patches — the single home of the pixel convention
 

@@ -15,7 +15,7 @@ from typing import TypeVar
 import numpy as np
 
 from epigraf.cameras import CAMERA_DISTRIBUTIONS
-from epigraf.cameras.conventions import WORLDS
+from epigraf.cameras.formats import WORLDS
 from epigraf.commands.dataset_builtin import register_builtin
 from epigraf.config import PRESETS, CameraConfig, ModelConfig, preset
 from epigraf.data.camera_check import check_camera

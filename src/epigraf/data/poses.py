@@ -28,13 +28,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from epigraf.cameras.conventions import (
-    CameraPoseWarning,
-    PoseConversion,
-    eg3d_to_angles,
-    estimate_look_at,
-    matrices_to_angles,
-)
+from epigraf.cameras.conventions import CameraPoseWarning, PoseConversion
+from epigraf.cameras.formats import eg3d_to_angles, estimate_look_at, matrices_to_angles
 from epigraf.data.metadata import parse_camera, parse_camera_angles
 
 POSE_FORMATS = ("epigraf", "eg3d", "opengl", "opencv", "blender")
