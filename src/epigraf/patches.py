@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from epigraf import schedules
 from epigraf.cameras.rays import patch_sampling_grid
 from epigraf.config import PatchConfig
+from epigraf.schedules import patch_beta, patch_min_scale
 
 # Scales and offsets come out of float32 arithmetic; o + s may exceed 1 by a rounding error.
 _FIT_TOLERANCE = 1e-6
@@ -148,10 +148,10 @@ def _sample_scales(
 ) -> Tensor:
     """n patch scales in [min, max] from the configured distribution. → [n]."""
     if cfg.distribution == "beta":
-        x = sample_beta(n, cfg.alpha, schedules.patch_beta(kimg, cfg), generator=generator, device=device)
+        x = sample_beta(n, cfg.alpha, patch_beta(kimg, cfg), generator=generator, device=device)
         # The clamp only removes float32 rounding past the bounds, which PatchParams would reject.
         return (cfg.min_scale + (cfg.max_scale - cfg.min_scale) * x).clamp(cfg.min_scale, cfg.max_scale)
-    low = schedules.patch_min_scale(kimg, cfg)
+    low = patch_min_scale(kimg, cfg)
     if cfg.distribution == "uniform":
         u = torch.rand(n, generator=generator, device=device)
         return (low + (cfg.max_scale - low) * u).clamp(low, cfg.max_scale)
