@@ -37,7 +37,7 @@ from epigraf.inference import DEFAULT_RAY_STEP_MULTIPLIER, depth_normals, render
 from epigraf.isosurface import Mesh
 from epigraf.latents import seeds_to_ws
 from epigraf.nn.generator import Generator
-from epigraf.runtime import flush_denormals
+from epigraf.process_settings import flush_denormals
 
 SEEDS = [0, 1, 2, 3]
 ZOOM = 3  # 64² renders are shown 3× larger (nearest neighbour, so no detail is invented)

@@ -173,5 +173,5 @@ def ensure_denormals_flushed() -> None:
     """``flush_denormals``, warning once when torch's worker threads started earlier and so keep subnormals."""
     if flush_denormals() and not denormals_flushed():
         log.warning("subnormal floats are flushed on only some CPU threads (torch's threads started before "
-                    "epigraf.runtime.flush_denormals() was called): training may stall when D saturates; call "
+                    "epigraf.process_settings.flush_denormals() was called): training may stall when D saturates; call "
                     "it at the start of the process")
