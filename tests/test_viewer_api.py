@@ -28,7 +28,7 @@ from epigraf.latents import seeds_to_ws
 from epigraf.nn.generator import Generator
 from epigraf.viewer import Renderer, ViewerServer
 from epigraf.viewer.params import FrameRequest, Sequencing, latent, parse_frame
-from epigraf.viewer.renderer import Superseded, fov_range
+from epigraf.viewer.session import Superseded, fov_range
 from test_checkpoint import tiny_model_config
 
 
