@@ -29,8 +29,8 @@ from epigraf.inference import (
     with_ray_steps,
     without_background,
 )
-from epigraf.latents import parse_seeds, seed_classes, seeds_to_ws
 from epigraf.nn.generator import Generator, GeneratorOutput
+from epigraf.seeds import parse_seeds, seed_classes, seeds_to_ws
 
 log = logging.getLogger(__name__)
 

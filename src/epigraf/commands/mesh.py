@@ -12,7 +12,7 @@ from epigraf.export.mesh import MESH_FORMATS, save_mesh
 from epigraf.export.mrc import write_mrc
 from epigraf.geometry import extract_geometry
 from epigraf.isosurface import BACKENDS, skimage_available
-from epigraf.latents import parse_seeds
+from epigraf.seeds import parse_seeds
 
 log = logging.getLogger(__name__)
 

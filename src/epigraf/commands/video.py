@@ -25,8 +25,8 @@ from epigraf.commands.generate import (
 from epigraf.export.images import image_grid, to_uint8
 from epigraf.export.video import resolve_format, video_path, write_video
 from epigraf.inference import render_batches
-from epigraf.latents import interpolate_ws
 from epigraf.progress import track
+from epigraf.seeds import interpolate_ws
 
 log = logging.getLogger(__name__)
 
