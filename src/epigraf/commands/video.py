@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from epigraf.camera_paths import PATHS, camera_path
-from epigraf.commands.generate import (
+from epigraf.commands.model_arguments import (
     add_latent_arguments,
     add_model_arguments,
     add_render_arguments,
