@@ -62,9 +62,8 @@ def mean_triplane_features(planes: Tensor, points: Tensor, cube_scale: float) ->
     On CUDA: the native bilinear sampler, then the mean. On CPUs the 12 weighted corners of a point (4 per
     plane) are summed in one gather from the feature-last planes (:class:`_CornerGather`): the same values,
     without the CPU sampler's backward, which writes its gradient channel-first (strided scatters) and so
-    forces transposing copies of the planes' gradient. ffhq256, batch 4, 2 cores: this function's forward
-    and backward 3.7 → 1.3 s per call; rendering 64² patches from given tri-planes, forward+backward
-    5.6 → 3.8 s (forward alone unchanged, 1.2 s).
+    forces transposing copies of the planes' gradient. The gain, measured: benchmarks/RESULTS.md ("CPU: figures
+    the code cites").
     """
     if planes.is_cuda:
         # Averaging while the feature axis is still outer keeps the reduction over contiguous memory.
