@@ -36,8 +36,12 @@ def _plane_coordinates(points: Tensor, cube_scale: float, plane_dim: int) -> Ten
     return torch.stack([coords[..., list(axes)] for axes in PLANE_AXES], dim=plane_dim)
 
 
-def _sample_planes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
-    """planes [B, 3, F, R, R], points [B, P, 3] → bilinear samples [B, 3, F, P]."""
+def sample_triplanes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
+    """Bilinear samples of each plane: planes [B, 3, F, R, R], points [B, P, 3] (world) → [B, 3, F, P].
+
+    The field's input on CUDA (:func:`mean_triplane_features` averages the three); on CPUs the reference that
+    the corner gather is tested against, and the per-plane lookup the original's fixtures record.
+    """
     b, _, f, h, w = planes.shape
     grid = _plane_coordinates(points, cube_scale, plane_dim=1)
     # grid_sampler_2d is F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=True) minus the
@@ -46,14 +50,6 @@ def _sample_planes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
         planes.reshape(b * 3, f, h, w), grid.reshape(b * 3, 1, -1, 2), 0, 0, True
     )  # [B*3, F, 1, P]
     return sampled.reshape(b, 3, f, -1)
-
-
-def query_triplanes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
-    """Bilinear tri-plane features per plane.
-
-    planes [B, 3, F, R, R], points [B, P, 3] in world units → [B, 3, P, F].
-    """
-    return _sample_planes(planes, points, cube_scale).transpose(2, 3)
 
 
 def mean_triplane_features(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
@@ -67,7 +63,7 @@ def mean_triplane_features(planes: Tensor, points: Tensor, cube_scale: float) ->
     """
     if planes.is_cuda:
         # Averaging while the feature axis is still outer keeps the reduction over contiguous memory.
-        return _sample_planes(planes, points, cube_scale).mean(dim=1).transpose(1, 2)
+        return sample_triplanes(planes, points, cube_scale).mean(dim=1).transpose(1, 2)
     b, _, f, h, w = planes.shape
     table = planes.permute(0, 1, 3, 4, 2).reshape(-1, f)  # a view for split_planes' feature-last planes
     index, weights = _corner_index_and_weights(_plane_coordinates(points, cube_scale, plane_dim=2), h, w)
