@@ -31,7 +31,7 @@ from machine import device_name
 from epigraf.config import preset
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
-from epigraf.runtime import configure_cuda_for_training, denormals_flushed, flush_denormals, tune_cpu_allocator
+from epigraf.process_settings import configure_cuda_for_training, denormals_flushed, flush_denormals, tune_cpu_allocator
 from epigraf.schedules import adam_settings_for_lazy_reg
 from epigraf.train.augment import AugmentPipe
 from epigraf.train.distributed import DistEnv

@@ -27,7 +27,7 @@ from machine import device_name
 from epigraf.config import preset
 from epigraf.invert import InversionConfig, find_perceptual
 from epigraf.invert.camera_search import candidate_angles
-from epigraf.invert.fit import LatentFit
+from epigraf.invert.latent_fit import LatentFit
 from epigraf.invert.pivotal import pivotal_tune
 from epigraf.nn.generator import Generator
 

@@ -28,7 +28,7 @@ import resource
 import statistics
 from pathlib import Path
 
-from epigraf.runtime import denormals_flushed, flush_denormals, tune_cpu_allocator
+from epigraf.process_settings import denormals_flushed, flush_denormals, tune_cpu_allocator
 
 PHASES = ("G", "D", "R1", "EMA", "iteration")
 # REFERENCE_TIMINGS.md, batch 4, seconds: the phases of its table; the iteration with R1 every iteration, as here
@@ -63,7 +63,7 @@ def main() -> None:
     from epigraf.config import preset
     from epigraf.nn.discriminator import Discriminator
     from epigraf.nn.generator import Generator
-    from epigraf.runtime import configure_cuda_for_training
+    from epigraf.process_settings import configure_cuda_for_training
     from epigraf.schedules import adam_settings_for_lazy_reg, ema_beta
     from epigraf.train.augment import AugmentPipe
     from epigraf.train.distributed import DistEnv

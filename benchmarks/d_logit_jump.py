@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from epigraf.config import preset
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
-from epigraf.runtime import flush_denormals
+from epigraf.process_settings import flush_denormals
 from epigraf.schedules import adam_settings_for_lazy_reg
 from epigraf.train.distributed import DistEnv
 from epigraf.train.loop import optimizer_step

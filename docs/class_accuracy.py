@@ -22,7 +22,7 @@ from epigraf.data.builtin import default_dir, read_manifest
 from epigraf.data.dataset import ImageDataset
 from epigraf.export.images import to_uint8
 from epigraf.metrics import InceptionFeatures
-from epigraf.runtime import flush_denormals
+from epigraf.process_settings import flush_denormals
 
 CENTROID_VIEWS, TEST_VIEWS, BATCH = 32, 16, 16
 

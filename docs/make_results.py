@@ -35,9 +35,9 @@ from epigraf.export.video import write_video
 from epigraf.geometry import extract_geometry
 from epigraf.inference import DEFAULT_RAY_STEP_MULTIPLIER, depth_normals, render_all, with_ray_steps
 from epigraf.isosurface import Mesh
-from epigraf.latents import seeds_to_ws
 from epigraf.nn.generator import Generator
-from epigraf.runtime import flush_denormals
+from epigraf.process_settings import flush_denormals
+from epigraf.seeds import seeds_to_ws
 
 SEEDS = [0, 1, 2, 3]
 ZOOM = 3  # 64² renders are shown 3× larger (nearest neighbour, so no detail is invented)

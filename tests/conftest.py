@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from epigraf.runtime import flush_denormals
+from epigraf.process_settings import flush_denormals
 
 # As every epigraf command does, before any torch operation (so torch's worker threads inherit the flag):
 # the equivalence tests against the original's fixtures then run under the setting the product uses.

@@ -17,8 +17,8 @@ from epigraf.checkpoint import load_checkpoint, save_checkpoint
 from epigraf.cli import main
 from epigraf.export.images import to_uint8
 from epigraf.inference import depth_normals, with_ray_steps
-from epigraf.latents import seed_classes
 from epigraf.nn.generator import Generator
+from epigraf.seeds import seed_classes
 from test_checkpoint import tiny_model_config
 
 

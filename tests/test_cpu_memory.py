@@ -15,7 +15,7 @@ import torch
 
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
-from epigraf.runtime import OPT_OUT_ENV, TORCH_HUGE_PAGES_ENV
+from epigraf.process_settings import OPT_OUT_ENV, TORCH_HUGE_PAGES_ENV
 from epigraf.train import loop
 from epigraf.train.distributed import DistEnv
 from test_checkpoint import tiny_model_config
@@ -46,7 +46,7 @@ def test_the_opt_out_and_a_users_own_setting_are_kept():
 def test_too_late_after_torch_and_says_so():
     out = run_python("""
         import os, torch
-        from epigraf.runtime import request_huge_pages
+        from epigraf.process_settings import request_huge_pages
         print(request_huge_pages(), os.environ.get('THP_MEM_ALLOC_ENABLE'))
     """)
     assert out == "False None"
@@ -71,7 +71,7 @@ def test_trimming_hands_the_tuned_heaps_free_pages_back():
     """With the heap tuned to keep freed memory (fast re-use), a freed 256 MiB tensor stays resident, and counted
     as free heap, until the trim; below the threshold nothing is trimmed: the growth the training loop stops."""
     out = run_python("""
-        from epigraf.runtime import free_heap_bytes, trim_cpu_heap, tune_cpu_allocator
+        from epigraf.process_settings import free_heap_bytes, trim_cpu_heap, tune_cpu_allocator
         import torch
         assert tune_cpu_allocator()
         def rss_mib():

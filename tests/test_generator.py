@@ -12,7 +12,7 @@ from conftest import rel_err
 from epigraf.cameras import Cameras
 from epigraf.compat.original import from_original
 from epigraf.config import GeneratorConfig, RenderConfig, preset
-from epigraf.nn.field import TriPlaneMLP, mean_triplane_features, query_triplanes, split_planes
+from epigraf.nn.field import TriPlaneMLP, mean_triplane_features, sample_triplanes, split_planes
 from epigraf.nn.generator import Generator
 from epigraf.nn.layers import fir_filter_2d, upsample2d
 from epigraf.nn.synthesis import SynthesisBlock, SynthesisLayer
@@ -103,7 +103,7 @@ def test_triplane_query_mlp_and_render_match_original(tiny, original_fixtures):
     x = original_fixtures.inputs("triplane_query")
     planes, coords = x["planes"], x["coords"]
     b, c, h, w = planes.shape
-    per_plane = query_triplanes(planes.reshape(b, 3, c // 3, h, w), coords, cube_scale=0.2)
+    per_plane = sample_triplanes(planes.reshape(b, 3, c // 3, h, w), coords, cube_scale=0.2).transpose(2, 3)
     ref = original_fixtures.outputs("triplane_query")
     assert rel_err(per_plane, ref["per_plane"]) < 1e-4
     assert rel_err(per_plane.mean(dim=1), ref["mean"]) < 1e-4
@@ -146,8 +146,8 @@ def test_property_9_triplane_query(coord, expected):
     planes = torch.zeros(1, 3, 2, res, res)
     planes[:, :, 0] = u[None, :] if coord == "col" else u[:, None]
     points = (torch.rand(1, 500, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1) * cs
-    feats = query_triplanes(planes, points, cs).mean(dim=1)
-    assert torch.allclose(feats[0, :, 0], expected(points[0]) / (3 * cs), atol=1e-5)
+    feats = sample_triplanes(planes, points, cs).mean(dim=1)
+    assert torch.allclose(feats[0, 0], expected(points[0]) / (3 * cs), atol=1e-5)
 
 
 @pytest.mark.parametrize("feature_last", [True, False], ids=["split_planes", "channel-first"])
@@ -164,7 +164,7 @@ def test_cpu_corner_gather_equals_bilinear_sampling_in_values_and_gradients(feat
     points[1, :3] = torch.tensor([[0.0, 0.0, 0.0], [cs, 0.0, -cs], [2 * cs, 0.0, 0.0]])
     points.requires_grad_(True)
     ours = mean_triplane_features(planes, points, cs)
-    reference = query_triplanes(planes, points, cs).mean(dim=1)
+    reference = sample_triplanes(planes, points, cs).mean(dim=1).transpose(1, 2)
     assert ours.shape == (b, 200, f)
     assert torch.allclose(ours, reference, atol=1e-12)
     cotangent = torch.randn(ours.shape, dtype=torch.float64, generator=g)

@@ -34,7 +34,7 @@ from epigraf.invert import (
     save_latent,
     ssim,
 )
-from epigraf.invert.fit import learning_rate_scale, render_image
+from epigraf.invert.latent_fit import learning_rate_scale, render_image
 from epigraf.invert.losses import noise_regularization
 from epigraf.invert.pivotal import sample_angles
 from epigraf.metrics import inception

@@ -25,7 +25,7 @@ from epigraf.cli import main
 from epigraf.compat.original import convert_generator_state, from_original, model_config
 from epigraf.inference import without_background
 from epigraf.nn.discriminator import Discriminator
-from epigraf.nn.field import query_triplanes, split_planes
+from epigraf.nn.field import sample_triplanes, split_planes
 from epigraf.nn.generator import Generator
 from epigraf.nn.layers import MinibatchStd, fir_filter_2d, upsample2d
 from epigraf.patches import PatchParams, extract_patches
@@ -119,7 +119,7 @@ def _scalar_enc(fx, G, D):
 def _triplane_query(fx, G, D):
     x = fx.inputs("triplane_query")
     planes = split_planes(x["planes"], fx.config["triplane_feat_dim"])
-    per_plane = query_triplanes(planes, x["coords"], fx.kwargs("triplane_query")["scale"])
+    per_plane = sample_triplanes(planes, x["coords"], fx.kwargs("triplane_query")["scale"]).transpose(2, 3)
     return {"per_plane": per_plane, "mean": per_plane.mean(dim=1)}
 
 

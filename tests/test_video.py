@@ -17,8 +17,8 @@ from epigraf.checkpoint import save_checkpoint
 from epigraf.cli import main
 from epigraf.export.video import resolve_format, write_video
 from epigraf.inference import render_batches
-from epigraf.latents import seeds_to_ws
 from epigraf.nn.generator import Generator
+from epigraf.seeds import seeds_to_ws
 from test_checkpoint import tiny_model_config
 
 HAS_FFMPEG = importlib.util.find_spec("imageio_ffmpeg") is not None

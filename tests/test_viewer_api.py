@@ -24,11 +24,11 @@ from PIL import Image
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
 from epigraf.cli import main
 from epigraf.geometry import extract_geometry
-from epigraf.latents import seeds_to_ws
 from epigraf.nn.generator import Generator
+from epigraf.seeds import seeds_to_ws
 from epigraf.viewer import Renderer, ViewerServer
 from epigraf.viewer.params import FrameRequest, Sequencing, latent, parse_frame
-from epigraf.viewer.renderer import Superseded, fov_range
+from epigraf.viewer.session import Superseded, fov_range
 from test_checkpoint import tiny_model_config
 
 

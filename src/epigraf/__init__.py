@@ -5,9 +5,9 @@
 """
 # ruff: noqa: E402 (the imports of torch must follow request_huge_pages)
 
-from epigraf.runtime import request_huge_pages
+from epigraf.process_settings import request_huge_pages
 
-# Before torch is first imported: its CPU allocator reads the setting once (epigraf.runtime).
+# Before torch is first imported: its CPU allocator reads the setting once (epigraf.process_settings).
 request_huge_pages()
 
 from epigraf.cameras import Cameras

@@ -22,9 +22,9 @@ from torch import nn
 
 from epigraf.config import ModelConfig, from_dict
 from epigraf.files import atomic_write
-from epigraf.nn.budget import planned_state_dicts
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
+from epigraf.nn.size_limit import planned_state_dicts
 from epigraf.nn.state import check_state_fits, load_state_strict
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import sys
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from epigraf.runtime import flush_denormals, tune_cpu_allocator
+from epigraf.process_settings import flush_denormals, tune_cpu_allocator
 
 # command name → module in epigraf.commands
 COMMANDS = {
@@ -42,7 +42,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # Before any torch operation starts its worker threads: they inherit the flag (runtime.flush_denormals).
+    # Before any torch operation starts its worker threads: they inherit the flag (process_settings.flush_denormals).
     flush_denormals()
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)

@@ -7,12 +7,12 @@ import logging
 from pathlib import Path
 
 from epigraf.commands.arguments import add_force_argument, refuse_to_overwrite
-from epigraf.commands.generate import add_latent_arguments, add_model_arguments, prepare
+from epigraf.commands.model_arguments import add_latent_arguments, add_model_arguments, prepare
 from epigraf.export.mesh import MESH_FORMATS, save_mesh
 from epigraf.export.mrc import write_mrc
 from epigraf.geometry import extract_geometry
 from epigraf.isosurface import BACKENDS, skimage_available
-from epigraf.latents import parse_seeds
+from epigraf.seeds import parse_seeds
 
 log = logging.getLogger(__name__)
 

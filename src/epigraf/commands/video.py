@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from epigraf.cameras.paths import PATHS, camera_path
-from epigraf.commands.generate import (
+from epigraf.commands.model_arguments import (
     add_latent_arguments,
     add_model_arguments,
     add_render_arguments,
@@ -25,8 +25,8 @@ from epigraf.commands.generate import (
 from epigraf.export.images import image_grid, to_uint8
 from epigraf.export.video import resolve_format, video_path, write_video
 from epigraf.inference import render_batches
-from epigraf.latents import interpolate_ws
 from epigraf.progress import track
+from epigraf.seeds import interpolate_ws
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from epigraf.checkpoint import load_checkpoint
 from epigraf.commands.arguments import add_device_argument, add_port_argument
-from epigraf.viewer.renderer import DEFAULT_CACHE_SIZE, DEFAULT_MAX_RESOLUTION, Renderer
 from epigraf.viewer.server import ViewerServer
+from epigraf.viewer.session import DEFAULT_CACHE_SIZE, DEFAULT_MAX_RESOLUTION, Renderer
 
 log = logging.getLogger(__name__)
 

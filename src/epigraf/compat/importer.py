@@ -48,9 +48,9 @@ from epigraf.compat.snapshot import (
 )
 from epigraf.config import PRESETS, ModelConfig, from_dict
 from epigraf.config import preset as make_preset
-from epigraf.nn.budget import planned_state_dicts
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
+from epigraf.nn.size_limit import planned_state_dicts
 from epigraf.nn.state import load_state_strict
 
 __all__ = ["import_original", "load_original", "read_config", "snapshot_hyperparameters"]

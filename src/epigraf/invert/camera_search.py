@@ -17,7 +17,7 @@ from torch import Tensor
 from epigraf.cameras import PITCH_EPS
 from epigraf.config import CameraConfig
 from epigraf.invert.config import InversionConfig
-from epigraf.invert.fit import LatentFit
+from epigraf.invert.latent_fit import LatentFit
 
 
 def candidate_angles(camera: CameraConfig, num_yaws: int, num_pitches: int, span: float) -> Tensor:

@@ -24,8 +24,8 @@ from torch import Tensor
 from epigraf.cameras import checked_angles
 from epigraf.invert.camera_search import candidate_angles, search_starts
 from epigraf.invert.config import InversionConfig
-from epigraf.invert.fit import LatentFit, downsample, render_image
 from epigraf.invert.latent import Latent, set_noise
+from epigraf.invert.latent_fit import LatentFit, downsample, render_image
 from epigraf.invert.losses import InceptionPerceptual, psnr
 from epigraf.invert.pivotal import pivotal_tune
 from epigraf.nn.generator import Generator

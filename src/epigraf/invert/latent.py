@@ -21,8 +21,8 @@ from torch import Tensor
 
 from epigraf.cameras import Cameras
 from epigraf.files import atomic_write
-from epigraf.latents import one_hot
 from epigraf.nn.generator import Generator
+from epigraf.seeds import one_hot
 
 LATENT_FORMAT = "epigraf-latent-1"
 NOISE_PREFIX = "noise."

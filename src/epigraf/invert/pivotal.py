@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 from epigraf.cameras import sample_normal, sample_spherical_uniform
 from epigraf.config import CameraConfig
 from epigraf.invert.config import InversionConfig
-from epigraf.invert.fit import reconstruction_loss, render_image
+from epigraf.invert.latent_fit import reconstruction_loss, render_image
 from epigraf.invert.losses import InceptionPerceptual, mse
-from epigraf.latents import one_hot
 from epigraf.nn.generator import Generator
+from epigraf.seeds import one_hot
 
 
 def sample_angles(camera: CameraConfig, batch: int, generator: torch.Generator) -> torch.Tensor:

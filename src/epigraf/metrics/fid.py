@@ -115,12 +115,6 @@ class FeatureMoments:
     cov: np.ndarray
     count: int
 
-    @classmethod
-    def from_features(cls, features: np.ndarray | Tensor) -> FeatureMoments:
-        acc = MomentAccumulator()
-        acc.update(features)
-        return acc.moments()
-
     def fid(self, other: FeatureMoments) -> float:
         return frechet_distance(self.mean, self.cov, other.mean, other.cov)
 

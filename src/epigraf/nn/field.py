@@ -36,8 +36,12 @@ def _plane_coordinates(points: Tensor, cube_scale: float, plane_dim: int) -> Ten
     return torch.stack([coords[..., list(axes)] for axes in PLANE_AXES], dim=plane_dim)
 
 
-def _sample_planes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
-    """planes [B, 3, F, R, R], points [B, P, 3] → bilinear samples [B, 3, F, P]."""
+def sample_triplanes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
+    """Bilinear samples of each plane: planes [B, 3, F, R, R], points [B, P, 3] (world) → [B, 3, F, P].
+
+    The field's input on CUDA (:func:`mean_triplane_features` averages the three); on CPUs the reference that
+    the corner gather is tested against, and the per-plane lookup the original's fixtures record.
+    """
     b, _, f, h, w = planes.shape
     grid = _plane_coordinates(points, cube_scale, plane_dim=1)
     # grid_sampler_2d is F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=True) minus the
@@ -48,27 +52,18 @@ def _sample_planes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
     return sampled.reshape(b, 3, f, -1)
 
 
-def query_triplanes(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
-    """Bilinear tri-plane features per plane.
-
-    planes [B, 3, F, R, R], points [B, P, 3] in world units → [B, 3, P, F].
-    """
-    return _sample_planes(planes, points, cube_scale).transpose(2, 3)
-
-
 def mean_triplane_features(planes: Tensor, points: Tensor, cube_scale: float) -> Tensor:
     """The field's input: the mean of the three planes' features. planes [B, 3, F, R, R], points [B, P, 3] → [B, P, F].
 
     On CUDA: the native bilinear sampler, then the mean. On CPUs the 12 weighted corners of a point (4 per
     plane) are summed in one gather from the feature-last planes (:class:`_CornerGather`): the same values,
     without the CPU sampler's backward, which writes its gradient channel-first (strided scatters) and so
-    forces transposing copies of the planes' gradient. ffhq256, batch 4, 2 cores: this function's forward
-    and backward 3.7 → 1.3 s per call; rendering 64² patches from given tri-planes, forward+backward
-    5.6 → 3.8 s (forward alone unchanged, 1.2 s).
+    forces transposing copies of the planes' gradient. The gain, measured: benchmarks/RESULTS.md ("CPU: figures
+    the code cites").
     """
     if planes.is_cuda:
         # Averaging while the feature axis is still outer keeps the reduction over contiguous memory.
-        return _sample_planes(planes, points, cube_scale).mean(dim=1).transpose(1, 2)
+        return sample_triplanes(planes, points, cube_scale).mean(dim=1).transpose(1, 2)
     b, _, f, h, w = planes.shape
     table = planes.permute(0, 1, 3, 4, 2).reshape(-1, f)  # a view for split_planes' feature-last planes
     index, weights = _corner_index_and_weights(_plane_coordinates(points, cube_scale, plane_dim=2), h, w)

@@ -63,7 +63,7 @@ def _fir(x: Tensor, f: Tensor, pad: tuple[int, int, int, int], gain: float,
     if fold_channels:
         # Channels folded into the batch: one one-channel convolution with the same sums as the depthwise
         # one below. Autograd's double backward (R1) of a grouped convolution runs one convolution per
-        # group: ~3,600 small kernels per ffhq256 R1 step, 0.55 s of its 0.6 s on an H200.
+        # group: thousands of small kernels per R1 step, most of its GPU time (benchmarks/RESULTS.md, GPU).
         x = F.conv2d(F.pad(x.reshape(b * c, 1, h, w), pad), weight)
         return x.reshape(b, c, *x.shape[-2:])
     # On CPUs the depthwise convolution is the fastest form of the forward and backward passes; its own
@@ -76,8 +76,9 @@ class _DepthwiseFilter(torch.autograd.Function):
 
     Its backward is the adjoint, again a depthwise correlation (of the zero-padded gradient with the flipped
     filter) computed by this same function, so every order of derivative stays one depthwise convolution.
-    Autograd's own double backward of a grouped convolution runs one convolution per channel: 3,670
-    convolutions and 60 % of the CPU time of an ffhq256 R1 step.
+    Autograd's own double backward of a grouped convolution runs one convolution per channel: thousands of
+    convolutions and most of the CPU time of a large model's R1 step (benchmarks/RESULTS.md, "Speed work on D
+    and R1").
     """
 
     @staticmethod
@@ -89,7 +90,7 @@ class _DepthwiseFilter(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (weight,) = ctx.saved_tensors
-        if not torch.is_grad_enabled():  # a first-order backward: the native kernel is ~8 % faster
+        if not torch.is_grad_enabled():  # a first-order backward: the native kernel is faster (RESULTS.md)
             return torch.nn.grad.conv2d_input(ctx.input_shape, weight, grad, groups=weight.shape[0]), None
         k = weight.shape[-1] - 1
         return _DepthwiseFilter.apply(F.pad(grad, (k, k, k, k)), weight.flip(-2, -1)), None

@@ -36,7 +36,7 @@ from epigraf.metrics import FeatureExtractor, InceptionFeatures, MetricResult, T
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
 from epigraf.nn.state import load_state_strict
-from epigraf.runtime import configure_cuda_for_training, ensure_denormals_flushed, trim_cpu_heap
+from epigraf.process_settings import configure_cuda_for_training, ensure_denormals_flushed, trim_cpu_heap
 from epigraf.schedules import adam_settings_for_lazy_reg, blur_sigma, ema_beta, nerf_noise_std, patch_beta
 from epigraf.train import distributed
 from epigraf.train.augment import AdaptiveP, AugmentPipe
@@ -56,7 +56,7 @@ from epigraf.train.visualize import FakesSchedule, render_fake_grid, save_camera
 log = logging.getLogger(__name__)
 
 VIDEO_LATENTS = 4
-# A CPU step that leaves this much free heap hands it back (runtime.trim_cpu_heap says what it costs and saves).
+# A CPU step that leaves this much free heap hands it back (why: process_settings.trim_cpu_heap).
 HEAP_TRIM_BYTES = 4 << 30
 
 

@@ -2,7 +2,7 @@
 
 Every parameter is optional (defaults: the model's camera and ``epigraf generate``'s defaults); unknown or
 repeated parameters are errors, so a typo never silently renders the default. Ranges come from the model
-(``ViewLimits``), see ``epigraf.viewer.renderer`` for the zoom rule.
+(``ViewLimits``), see ``epigraf.viewer.session`` for the zoom rule.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from epigraf.viewer.params import parse_frame, parse_mesh
-from epigraf.viewer.renderer import Renderer, Superseded
+from epigraf.viewer.session import Renderer, Superseded
 
 log = logging.getLogger(__name__)
 

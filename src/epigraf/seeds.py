@@ -1,4 +1,4 @@
-"""Latents for inference: seeds → z, class labels, truncation and W-space interpolation (docs/method.md §1.1, §7.2).
+"""Seeds for inference: seed ranges → z, class labels, truncated ws (docs/method.md §1.1, §7.2), W-space paths.
 
 A seed names one latent for good: z = numpy ``RandomState(seed).randn(z_dim)``, as the original's scripts,
 so seed 7 is the same sample here, in the original and in any later run.

@@ -3,12 +3,11 @@
 
 PyTorch's CPU tensors come from glibc malloc, which serves every large block with a fresh ``mmap`` and
 returns it with ``munmap`` on free. A training step allocates and frees gigabytes of activations, so each
-step re-faults every page it touches: on a 2-core machine about a third of the step went to the kernel
-(ffhq256, batch 4: 23 s of system time in a 51 s generator step, 9.3 M page faults). Keeping freed
-memory in the heap for reuse removes that (system time 0.6 s, step 39 s) at the price of a higher peak
-resident size (8.1 → 10.4 GiB there). On top of that, torch's allocator can back its large blocks with
-2 MiB transparent huge pages (``THP_MEM_ALLOC_ENABLE``), 512× fewer page faults and TLB misses: the
-steady-state training iteration went from 26.1 to 22.5 s (ffhq256, batch 4, ``benchmarks/bench_loop.py``).
+step re-faults every page it touches, and on a small machine a large share of the step goes to the kernel.
+Keeping freed memory in the heap for reuse removes that at the price of a higher peak resident size. On top
+of that, torch's allocator can back its large blocks with 2 MiB transparent huge pages
+(``THP_MEM_ALLOC_ENABLE``): 512× fewer page faults and TLB misses. What each setting saves and costs, measured:
+benchmarks/RESULTS.md ("CPU: figures the code cites", and the sections it points to).
 """
 
 from __future__ import annotations
@@ -108,12 +107,11 @@ def trim_cpu_heap(min_free_bytes: int = 0) -> bool:
     """Give the free pages of glibc's heap back to the system (``malloc_trim``) when it holds at least
     ``min_free_bytes`` free; → whether it trimmed. A no-op off glibc.
 
-    Why the training loop calls it after every CPU step that leaves ≥ 4 GiB free: with ``tune_cpu_allocator``
-    the heap never shrinks, and the holes that each phase's differently sized activations leave add up: on
-    ffhq256 at batch 4 the peak resident size grew from 9.7 to 11.8 GiB over the first iterations, above the
-    original's 10.9. Trimmed (8.8–10.7 GiB free at each step's end), it stays at 10.3 GiB, for ≈4 % more time
-    per iteration (median 28.3 against 27.2 s, AMD EPYC, 2 cores): the pages handed back are faulted in again
-    by the next step. The built-in preset's steps end with ≈1 GiB free: small models keep their pages.
+    Why the training loop calls it after a CPU step that leaves a lot free: with ``tune_cpu_allocator`` the heap
+    never shrinks, and the holes that each phase's differently sized activations leave add up, so the peak
+    resident size of a large model creeps up over the first iterations. Trimmed, it stays flat, for a few per cent
+    more time per iteration: the pages handed back are faulted in again by the next step. Small models end their
+    steps with little free and keep their pages. Figures: benchmarks/RESULTS.md (the heap-trim table).
     """
     libc = _libc()
     if libc is None or not hasattr(libc, "malloc_trim"):
@@ -143,7 +141,8 @@ def flush_denormals() -> bool:
 
     Why: once the discriminator saturates (fake logits near −100 after a D step), the gradients flowing back
     through its softplus are ~1e−40, below fp32's normal range, and x86 cores take a microcode path on every
-    operation that touches a subnormal: a D phase went from 8.6 s to 136 s (ffhq256, batch 4).
+    operation that touches a subnormal: a D phase becomes an order of magnitude slower (benchmarks/RESULTS.md,
+    "CPU: figures the code cites").
     Why it is safe for fidelity: only magnitudes below 1.2e−38 change, and they become 0. Such a gradient
     moves an Adam step by < 1e−30 (Adam divides by √v + 1e−8), and no activation, weight or image of the
     model is anywhere near that scale; the original's fixtures are reproduced to 1e−4 with it on (the test
@@ -173,5 +172,5 @@ def ensure_denormals_flushed() -> None:
     """``flush_denormals``, warning once when torch's worker threads started earlier and so keep subnormals."""
     if flush_denormals() and not denormals_flushed():
         log.warning("subnormal floats are flushed on only some CPU threads (torch's threads started before "
-                    "epigraf.runtime.flush_denormals() was called): training may stall when D saturates; call "
+                    "epigraf.process_settings.flush_denormals() was called): training may stall when D saturates; call "
                     "it at the start of the process")

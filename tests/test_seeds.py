@@ -1,4 +1,4 @@
-"""Latents: seeds as the original's scripts, seed ranges, classes, (per-class) truncation, W interpolation."""
+"""Seeds: z as the original's scripts, seed ranges, classes, (per-class) truncation, W interpolation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from epigraf.latents import (
+from epigraf.nn.generator import Generator
+from epigraf.seeds import (
     class_mean_ws,
     interpolate_ws,
     one_hot,
@@ -17,7 +18,6 @@ from epigraf.latents import (
     seeds_to_ws,
     seeds_to_z,
 )
-from epigraf.nn.generator import Generator
 from test_generator import tiny_generator_config
 
 

@@ -1,4 +1,4 @@
-"""Subnormal floats are flushed to zero wherever epigraf computes on the CPU (runtime.flush_denormals)."""
+"""Subnormal floats are flushed to zero wherever epigraf computes on the CPU (process_settings.flush_denormals)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from epigraf.nn.discriminator import Discriminator
 from epigraf.patches import PatchParams
-from epigraf.runtime import DENORMALS_OPT_OUT_ENV, denormals_flushed
+from epigraf.process_settings import DENORMALS_OPT_OUT_ENV, denormals_flushed
 from test_discriminator import TINY_CFG
 
 SMALLEST_NORMAL = torch.finfo(torch.float32).tiny
@@ -55,7 +55,7 @@ def test_a_saturated_discriminator_step_leaves_no_subnormal_gradients():
 def test_every_command_flushes_before_it_runs():
     out = run_python("""
         import epigraf.commands.train as command, epigraf.cli as cli
-        from epigraf.runtime import denormals_flushed
+        from epigraf.process_settings import denormals_flushed
         command.run = lambda args: print(denormals_flushed()) or 0
         cli.main(["train"])
     """)
@@ -65,7 +65,7 @@ def test_every_command_flushes_before_it_runs():
 def test_the_training_library_call_flushes_in_a_fresh_process():
     out = run_python("""
         import epigraf.train.loop as loop
-        from epigraf.runtime import denormals_flushed
+        from epigraf.process_settings import denormals_flushed
         from epigraf.train.options import TrainOptions
         loop._train = lambda *args: print(denormals_flushed())
         loop.train(TrainOptions(device="cpu"))
@@ -76,7 +76,7 @@ def test_the_training_library_call_flushes_in_a_fresh_process():
 def test_the_opt_out_keeps_denormals():
     out = run_python("""
         import epigraf.commands.train as command, epigraf.cli as cli
-        from epigraf.runtime import denormals_flushed
+        from epigraf.process_settings import denormals_flushed
         command.run = lambda args: print(denormals_flushed()) or 0
         cli.main(["train"])
     """, **{DENORMALS_OPT_OUT_ENV: "1"})

@@ -46,9 +46,9 @@ from epigraf.export.images import depth_to_uint8, to_uint8
 from epigraf.export.mesh import MESH_FORMATS, save_mesh
 from epigraf.geometry import extract_geometry
 from epigraf.inference import DEFAULT_RAY_STEP_MULTIPLIER, DEFAULT_TRUNCATION, depth_normals, with_ray_steps
-from epigraf.latents import seeds_to_ws
 from epigraf.nn.generator import Generator
-from epigraf.runtime import release_memory
+from epigraf.process_settings import release_memory
+from epigraf.seeds import seeds_to_ws
 from epigraf.viewer.params import (
     DEFAULT_MESH_GRID,
     MAX_RAY_STEP_MULTIPLIER,
