@@ -31,13 +31,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from epigraf.checkpoint import weights_only_refusal
+
 __all__ = [
     "OriginalSnapshot",
     "SnapshotFormatError",
     "UnsafePickleError",
     "read_original_snapshot",
     "read_original_state_dict",
-    "weights_only_refusal",
 ]
 
 NETWORK_NAMES = ("G", "G_ema", "D")
@@ -161,16 +162,6 @@ def _load_storage(data: bytes) -> torch.storage.TypedStorage:
     if not isinstance(storage, torch.storage.TypedStorage):
         raise SnapshotFormatError(f"embedded storage bytes hold a {type(storage).__name__}, not a storage")
     return storage
-
-
-def weights_only_refusal(err: BaseException) -> str:
-    """Why torch's weights-only loader refused a file, in one line and without torch's advice to retry with
-    ``weights_only=False`` (which would execute whatever the file holds)."""
-    for line in str(err).splitlines():
-        if "WeightsUnpickler error:" in line:
-            # Its first sentence says what was refused; the rest advises loading it anyway.
-            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].rstrip(".")
-    return "it holds something other than tensors, numbers, strings and containers"
 
 
 def _check_no_hooks(backward_hooks: Any) -> None:
