@@ -1,4 +1,4 @@
-"""Training snapshots: networks (our safetensors checkpoint) + a separate training-state file.
+"""A run's snapshot files: networks (our safetensors checkpoint) + a separate training-state file; the run folder.
 
 A snapshot at ``cur_nimg`` images is the pair ``network-<nimg>.safetensors`` and
 ``training-state-<nimg>.pt``; the state file is written last, so a pair is complete iff the state file
