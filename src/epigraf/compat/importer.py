@@ -4,7 +4,7 @@
     ckpt = load_original("network-snapshot-025000.pkl")          # networks in memory, nothing written
     import_original("network-snapshot-025000.pkl", "ffhq512.safetensors")
 
-Nothing from the source file is executed: snapshots are read by ``epigraf.compat.snapshot``'s restricted
+Nothing from the source file is executed: snapshots are read by ``epigraf.compat.unpickler``'s restricted
 unpickler (an unexpected global raises ``UnsafePickleError`` naming it), state-dict files by safetensors or
 torch's weights-only loader, tensors stored on a GPU are loaded on the CPU.
 
@@ -40,12 +40,8 @@ from torch import Tensor
 
 from epigraf.checkpoint import Checkpoint, save_checkpoint
 from epigraf.compat.original import convert_discriminator_state, convert_generator_state, model_config
-from epigraf.compat.snapshot import (
-    RestrictedUnpickler,
-    SnapshotFormatError,
-    read_original_snapshot,
-    read_original_state_dict,
-)
+from epigraf.compat.snapshot_reader import read_original_snapshot, read_original_state_dict
+from epigraf.compat.unpickler import RestrictedUnpickler, SnapshotFormatError
 from epigraf.config import PRESETS, ModelConfig, from_dict
 from epigraf.config import preset as make_preset
 from epigraf.nn.budget import planned_state_dicts
