@@ -122,8 +122,9 @@ def _json_field(path: Path, meta: dict[str, str], field_name: str, default: str 
 
 
 def _all_finite(t: torch.Tensor) -> bool:
-    # A sum is NaN/Inf when any element is, and ~20× faster than isfinite().all() on CPU; only a non-finite
-    # sum (or an overflow of huge finite values) needs the exact check.
+    # A sum is NaN/Inf when any element is, and an order of magnitude cheaper than isfinite().all() on CPU
+    # (benchmarks/RESULTS.md, "checking loaded weights for NaN and Inf"); only a non-finite sum (or an overflow
+    # of huge finite values) needs the exact check.
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
