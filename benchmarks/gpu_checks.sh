@@ -38,7 +38,7 @@ python3 - "$run" "$out" <<'EOF'
 import shutil, sys
 from pathlib import Path
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
-from epigraf.train.snapshot import latest_snapshot
+from epigraf.train.run_snapshots import latest_snapshot
 run, out = Path(sys.argv[1]), Path(sys.argv[2])
 ckpt = load_checkpoint(latest_snapshot(run)[0])
 save_checkpoint(out / "g_ema_128.safetensors", ckpt.config, ckpt.G_ema, metadata=ckpt.metadata)

@@ -37,7 +37,7 @@ from epigraf.data.dataset import ImageDataset
 from epigraf.metrics import InceptionFeatures, compute_metric
 from epigraf.metrics.fid import RealStatistics, real_statistics
 from epigraf.nn.generator import Generator
-from epigraf.train.snapshot import latest_snapshot
+from epigraf.train.run_snapshots import latest_snapshot
 
 
 class SubsetDataset:

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from epigraf.compat.importer import load_original
-from epigraf.compat.snapshot import SnapshotFormatError, UnsafePickleError, read_original_snapshot
+from epigraf.compat.snapshot_reader import read_original_snapshot
+from epigraf.compat.unpickler import SnapshotFormatError, UnsafePickleError
 from epigraf.data.dataset import ImageDataset
 from test_dataset import make_images, write_meta
 from test_snapshot import _Call, _snapshot_wrapping, _Storage

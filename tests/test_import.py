@@ -17,7 +17,8 @@ import test_snapshot as ts
 from conftest import rel_err
 from epigraf.checkpoint import load_checkpoint
 from epigraf.cli import main
-from epigraf.compat.importer import load_original, snapshot_hyperparameters
+from epigraf.compat.hyperparameters import snapshot_hyperparameters
+from epigraf.compat.importer import load_original
 from epigraf.compat.original import convert_generator_state, model_config
 from epigraf.patches import PatchParams
 

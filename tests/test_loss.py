@@ -21,7 +21,7 @@ from epigraf.nn.generator import Generator
 from epigraf.patches import PatchParams, extract_patches
 from epigraf.train.loop import train, update_ema
 from epigraf.train.loss import PatchGANLoss, PhaseInputs, spoof_camera_angles
-from epigraf.train.snapshot import latest_snapshot, load_state
+from epigraf.train.run_snapshots import latest_snapshot, load_state
 from test_checkpoint import tiny_model_config
 from test_train import make_dataset, options
 

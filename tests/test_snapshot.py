@@ -23,12 +23,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from epigraf.compat.snapshot import (
-    SnapshotFormatError,
-    UnsafePickleError,
-    read_original_snapshot,
-    read_original_state_dict,
-)
+from epigraf.compat.snapshot_reader import read_original_snapshot, read_original_state_dict
+from epigraf.compat.unpickler import SnapshotFormatError, UnsafePickleError
 
 
 @pytest.fixture(scope="module")

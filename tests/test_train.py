@@ -21,7 +21,7 @@ from PIL import Image
 from epigraf.checkpoint import load_checkpoint
 from epigraf.train.loop import optimizer_step, train
 from epigraf.train.options import TrainOptions
-from epigraf.train.snapshot import latest_snapshot, load_state, resolve_resume
+from epigraf.train.run_snapshots import latest_snapshot, load_state, resolve_resume
 from test_checkpoint import tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]

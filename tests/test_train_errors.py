@@ -21,7 +21,7 @@ import torch
 from epigraf.train.loop import train
 from epigraf.train.loss import PatchGANLoss
 from epigraf.train.options import TrainOptions
-from epigraf.train.snapshot import latest_snapshot, network_path, state_path, write_snapshot
+from epigraf.train.run_snapshots import latest_snapshot, network_path, state_path, write_snapshot
 from test_checkpoint import tiny_model_config
 from test_train import make_dataset, read_stats
 

@@ -2,7 +2,9 @@
 
 Tensors are stored under ``G_ema.``, ``G.`` and ``D.`` prefixes (G and D optional); the resolved
 ModelConfig is stored as JSON in the file's metadata, so the file alone rebuilds the networks.
-Training state (optimisers, counters, RNG) lives in a separate file written by the trainer.
+Training state (optimisers, counters, RNG) lives in a separate file written by the trainer; the names of
+both files in a run folder, and the words for a torch file that weights-only loading refuses, are defined
+here, for the trainer and the original's readers alike (docs/snapshot-format.md).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,11 @@ log = logging.getLogger(__name__)
 
 FORMAT = "epigraf-checkpoint-1"
 NETWORKS = ("G_ema", "G", "D")
+
+# A run's snapshot at nimg images shown: the network checkpoint and the training state beside it.
+NETWORK_PATTERN = "network-{nimg:010d}.safetensors"
+STATE_PATTERN = "training-state-{nimg:010d}.pt"
+STATE_RE = re.compile(r"training-state-(\d{10})\.pt$")
 
 
 @dataclass
@@ -71,9 +79,6 @@ def save_checkpoint(
 
 def _hint_for_foreign_file(path: Path) -> str:
     """Where to go instead, for the files people pass as a checkpoint by mistake (judged by name and content)."""
-    # Imported here: the training package imports this module (and the original's importer) at its top.
-    from epigraf.train.snapshot import NETWORK_PATTERN, STATE_RE
-
     with path.open("rb") as f:
         head = f.read(4)
     if (match := STATE_RE.search(path.name)) is not None:
@@ -86,6 +91,16 @@ def _hint_for_foreign_file(path: Path) -> str:
     if head == b"PK\x03\x04":  # torch.save writes a zip archive
         return "; it is a torch.save file: pass a run's network-*.safetensors or a file written by epigraf import"
     return ""
+
+
+def weights_only_refusal(err: BaseException) -> str:
+    """Why torch's weights-only loader refused a file, in one line and without torch's advice to retry with
+    ``weights_only=False`` (which would execute whatever the file holds)."""
+    for line in str(err).splitlines():
+        if "WeightsUnpickler error:" in line:
+            # Its first sentence says what was refused; the rest advises loading it anyway.
+            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].rstrip(".")
+    return "it holds something other than tensors, numbers, strings and containers"
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
@@ -107,8 +122,9 @@ def _json_field(path: Path, meta: dict[str, str], field_name: str, default: str 
 
 
 def _all_finite(t: torch.Tensor) -> bool:
-    # A sum is NaN/Inf when any element is, and ~20× faster than isfinite().all() on CPU; only a non-finite
-    # sum (or an overflow of huge finite values) needs the exact check.
+    # A sum is NaN/Inf when any element is, and an order of magnitude cheaper than isfinite().all() on CPU
+    # (benchmarks/RESULTS.md, "checking loaded weights for NaN and Inf"); only a non-finite sum (or an overflow
+    # of huge finite values) needs the exact check.
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 

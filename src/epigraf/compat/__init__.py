@@ -8,7 +8,7 @@
 
 from epigraf.compat.importer import import_original, load_original
 from epigraf.compat.original import from_original, model_config
-from epigraf.compat.snapshot import read_original_snapshot, read_original_state_dict
+from epigraf.compat.snapshot_reader import read_original_snapshot, read_original_state_dict
 
 __all__ = [
     "from_original",

@@ -1,9 +1,10 @@
 """Build our networks from the original implementation's hyperparameters and state dicts (docs/method.md §12.2).
 
-``config`` is the flat hyperparameter JSON of ``fixtures/original`` (``tiny_config.json``,
-``keys_<preset>.json["config"]``). Original keys map to ours by prefix; the original's constant
-buffers (the [1, 3, 3, 1] resampling filters and the Fourier coefficients of D's patch and camera encoders
-and of the sphere background) are checked against the constants our modules compute and then dropped.
+``config`` is the original's flat hyperparameter dict; its keys, and how each is read, are described in
+docs/snapshot-format.md, "The original's hyperparameters". Original keys map to ours by prefix; the
+original's constant buffers (the [1, 3, 3, 1] resampling filters and the Fourier coefficients of D's patch
+and camera encoders and of the sphere background) are checked against the constants our modules compute and
+then dropped.
 """
 
 from __future__ import annotations

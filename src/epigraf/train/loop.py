@@ -42,7 +42,7 @@ from epigraf.train import distributed
 from epigraf.train.augment import AdaptiveP, AugmentPipe
 from epigraf.train.loss import PatchGANLoss, PhaseInputs
 from epigraf.train.options import TrainOptions
-from epigraf.train.snapshot import (
+from epigraf.train.run_snapshots import (
     load_state,
     network_path,
     prepare_run_dir,

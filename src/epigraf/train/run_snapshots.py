@@ -1,4 +1,4 @@
-"""Training snapshots: networks (our safetensors checkpoint) + a separate training-state file.
+"""A run's snapshot files: networks (our safetensors checkpoint) + a separate training-state file; the run folder.
 
 A snapshot at ``cur_nimg`` images is the pair ``network-<nimg>.safetensors`` and
 ``training-state-<nimg>.pt``; the state file is written last, so a pair is complete iff the state file
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import pickle
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from epigraf.compat.snapshot import weights_only_refusal
+from epigraf.checkpoint import NETWORK_PATTERN, STATE_PATTERN, STATE_RE, weights_only_refusal
 from epigraf.files import TEMPORARY_SUFFIX, atomic_write, check_free_space, no_space_error
-
-NETWORK_PATTERN = "network-{nimg:010d}.safetensors"
-STATE_PATTERN = "training-state-{nimg:010d}.pt"
-STATE_RE = re.compile(r"training-state-(\d{10})\.pt$")
 
 
 def network_path(run_dir: Path, nimg: int) -> Path:

@@ -1,16 +1,18 @@
-"""Safe reader for the original implementation's network-snapshot pickles (docs/method.md §12.3).
+"""The restricted unpickler for the original implementation's network-snapshot pickles (docs/method.md §12.3).
 
 The original writes ``network-snapshot-<kimg>.pkl`` with a persistence mechanism that, on a normal
-``pickle.load``, executes the Python source embedded in the file. This module reads such files with a
-restricted unpickler: only the globals listed in ``docs/snapshot-format.md`` resolve, the
-persistence records come back as plain data, every other class is an inert placeholder, and the
-embedded storages are decoded by torch's weights-only loader on CPU. Nothing from the file is executed
-and no original module is imported.
+``pickle.load``, executes the Python source embedded in the file. This module's unpickler resolves only the
+globals listed in ``docs/snapshot-format.md``: the persistence records come back as plain data, every other
+class is an inert placeholder, and the embedded storages are decoded by torch's weights-only loader on CPU.
+Nothing from the file is executed and no original module is imported.
 
-The reader is also bounded, so that a small crafted file cannot exhaust time or memory: the opcode stream
+It is also bounded, so that a small crafted file cannot exhaust time or memory: the opcode stream
 is scanned before anything is built (opcode count, memo size, nesting), the object graph it built is
 checked before anyone walks it (no cycles, bounded depth, and a bounded size *as a tree*, since shared
 references let 1 KB describe a tree of 2^100 nodes), and every tensor view must lie inside its storage.
+
+``epigraf.compat.snapshot_reader`` turns what it builds into state dicts; ``epigraf.compat.hyperparameters``
+reads the configs recorded beside them.
 """
 
 from __future__ import annotations
@@ -20,30 +22,27 @@ import io
 import pickle
 import pickletools
 import warnings
-import zipfile
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from epigraf.checkpoint import weights_only_refusal
+
 __all__ = [
-    "OriginalSnapshot",
+    "MODULE_PLACEHOLDERS",
+    "Placeholder",
+    "RestrictedUnpickler",
     "SnapshotFormatError",
     "UnsafePickleError",
-    "read_original_snapshot",
-    "read_original_state_dict",
-    "weights_only_refusal",
+    "check_graph",
+    "check_opcodes",
 ]
 
-NETWORK_NAMES = ("G", "G_ema", "D")
-
-# Bounds of the reader, each far above a real snapshot (ffhq512: ~10^5 opcodes, ~10^4 memo entries, module
-# nesting < 20, a tree of ~10^5 nodes) and far below what exhausts a machine.
+# Bounds of the reader, each far above a real snapshot and far below what exhausts a machine (the sizes of a
+# real one: docs/snapshot-format.md, "Bounds").
 MAX_OPCODES = 10_000_000
 MAX_MEMO = 2_000_000
 MAX_DEPTH = 200
@@ -67,7 +66,7 @@ class SnapshotFormatError(ValueError):
     """The file is readable safely, but is not shaped like an original network snapshot."""
 
 
-class _Placeholder:
+class Placeholder:
     """Inert stand-in for a class that the reader must not import.
 
     The pickle may create it through NEWOBJ (``cls.__new__(cls, *args)``), REDUCE (``cls(*args)``),
@@ -82,7 +81,7 @@ class _Placeholder:
     state: Any
     entries: dict[Any, Any]
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> _Placeholder:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Placeholder:
         # NEWOBJ calls only __new__, so the arguments must be captured here rather than in __init__.
         obj = super().__new__(cls)
         obj.args = args
@@ -101,8 +100,8 @@ class _Placeholder:
         return f"<placeholder for {self.origin}>"
 
 
-def _placeholder_class(module: str, name: str) -> type[_Placeholder]:
-    return type(name, (_Placeholder,), {"origin": f"{module}.{name}", "__module__": __name__})
+def _placeholder_class(module: str, name: str) -> type[Placeholder]:
+    return type(name, (Placeholder,), {"origin": f"{module}.{name}", "__module__": __name__})
 
 
 _PLACEHOLDER_GLOBALS = (
@@ -123,11 +122,11 @@ _PLACEHOLDER_GLOBALS = (
     ("builtins", "list"),
     ("builtins", "int"),
 )
-_PLACEHOLDERS: dict[tuple[str, str], type[_Placeholder]] = {
+_PLACEHOLDERS: dict[tuple[str, str], type[Placeholder]] = {
     key: _placeholder_class(*key) for key in _PLACEHOLDER_GLOBALS
 }
 # Ordinary torch modules pickled inside a network: their BUILD state is the module's attribute dict.
-_MODULE_PLACEHOLDERS = frozenset(
+MODULE_PLACEHOLDERS = frozenset(
     _PLACEHOLDERS[key]
     for key in (
         ("torch.nn.modules.container", "Sequential"),
@@ -161,16 +160,6 @@ def _load_storage(data: bytes) -> torch.storage.TypedStorage:
     if not isinstance(storage, torch.storage.TypedStorage):
         raise SnapshotFormatError(f"embedded storage bytes hold a {type(storage).__name__}, not a storage")
     return storage
-
-
-def weights_only_refusal(err: BaseException) -> str:
-    """Why torch's weights-only loader refused a file, in one line and without torch's advice to retry with
-    ``weights_only=False`` (which would execute whatever the file holds)."""
-    for line in str(err).splitlines():
-        if "WeightsUnpickler error:" in line:
-            # Its first sentence says what was refused; the rest advises loading it anyway.
-            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].rstrip(".")
-    return "it holds something other than tensors, numbers, strings and containers"
 
 
 def _check_no_hooks(backward_hooks: Any) -> None:
@@ -338,7 +327,7 @@ def _children(node: Any) -> Iterator[Any]:
             yield value
     elif isinstance(node, (list, tuple, set, frozenset)):
         yield from node
-    elif isinstance(node, _Placeholder):
+    elif isinstance(node, Placeholder):
         yield from (node.args, node.kwargs, node.entries)
         if node.origin.startswith("omegaconf.") and isinstance(node.state, dict):
             # OmegaConf nodes point back at their parent, the one cycle of the format; no reader follows it.
@@ -377,156 +366,3 @@ def check_graph(root: Any) -> None:
         return total
 
     size(root, 0)
-
-
-@dataclass(frozen=True)
-class OriginalSnapshot:
-    """The contents of an original snapshot that a converter needs.
-
-    ``G``, ``G_ema`` and ``D`` are state dicts under the original key names, in the original
-    ``state_dict()`` order, with CPU tensors in their stored dtypes. ``G_ema`` is the network used for
-    inference. ``augment_p`` is the ADA probability (None without an augment pipe).
-    """
-
-    G: OrderedDict[str, Tensor]
-    G_ema: OrderedDict[str, Tensor]
-    D: OrderedDict[str, Tensor]
-    augment_p: float | None
-    stats: dict[str, Any]
-    training_set_kwargs: dict[str, Any]
-
-
-def _module_state(node: Any, where: str) -> dict[str, Any]:
-    if isinstance(node, _Placeholder) and type(node) in _MODULE_PLACEHOLDERS:
-        state = node.state
-    elif isinstance(node, dict) and node.get("type") == "class":
-        state = node.get("state")
-    else:
-        raise SnapshotFormatError(f"'{where}' is a {type(node).__name__}, not a network module")
-    if not isinstance(state, dict):
-        raise SnapshotFormatError(f"'{where}' has no module state")
-    return state
-
-
-def _slot(state: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
-    # A missing slot is empty, as for modules pickled before torch added it.
-    value = state.get(name)
-    if value is None:
-        return kind[0]() if isinstance(kind, tuple) else kind()
-    if not isinstance(value, kind):
-        raise SnapshotFormatError(f"'{where}' has a {type(value).__name__} as {name}")
-    return value
-
-
-def _as_plain_tensor(value: Any, key: str) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise SnapshotFormatError(f"'{key}' is a {type(value).__name__}, not a tensor")
-    # detach() turns a Parameter into a plain tensor on the same memory, as state_dict() does.
-    return value.detach()
-
-
-def _flatten(node: Any, prefix: str, out: OrderedDict[str, Tensor], where: str) -> None:
-    """Append a module's state-dict entries in ``torch.nn.Module.state_dict()`` order."""
-    state = _module_state(node, where)
-    non_persistent = _slot(state, "_non_persistent_buffers_set", (set, frozenset), where)
-    for name, value in _slot(state, "_parameters", dict, where).items():
-        if value is not None:
-            out[prefix + name] = _as_plain_tensor(value, prefix + name)
-    for name, value in _slot(state, "_buffers", dict, where).items():
-        if value is not None and name not in non_persistent:
-            out[prefix + name] = _as_plain_tensor(value, prefix + name)
-    for name, child in _slot(state, "_modules", dict, where).items():
-        if child is not None:
-            _flatten(child, f"{prefix}{name}.", out, f"{where}.{name}")
-
-
-def _plain_dict(value: Any, key: str) -> dict[str, Any]:
-    # Older StyleGAN-derived loops store some of these as EasyDict, which arrives as a placeholder.
-    if isinstance(value, _Placeholder):
-        return dict(value.entries)
-    if isinstance(value, dict):
-        return dict(value)
-    if value is None:
-        return {}
-    raise SnapshotFormatError(f"snapshot entry '{key}' is a {type(value).__name__}, expected a dict")
-
-
-def _augment_p(pipe: Any) -> float | None:
-    if pipe is None:
-        return None
-    p = _slot(_module_state(pipe, "augment_pipe"), "_buffers", dict, "augment_pipe").get("p")
-    return None if p is None else float(p)
-
-
-def read_original_snapshot(path: str | Path) -> OriginalSnapshot:
-    """Read an original ``network-snapshot-*.pkl`` without executing anything from it.
-
-    Raises :class:`UnsafePickleError` when the file references a global outside the snapshot format,
-    and :class:`SnapshotFormatError` when it is not a snapshot (not a pickle, or no G/G_ema/D).
-    """
-    path = Path(path)
-    if zipfile.is_zipfile(path):
-        raise SnapshotFormatError(
-            f"{path} is a zip archive (a torch.save checkpoint?), not a snapshot pickle; "
-            "use read_original_state_dict for state-dict files"
-        )
-    with path.open("rb") as f:
-        try:
-            data = RestrictedUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError) as err:
-            raise SnapshotFormatError(f"{path} is not a readable pickle: {err}") from err
-    if not isinstance(data, dict):
-        raise SnapshotFormatError(f"{path} holds a {type(data).__name__}, not a snapshot dict")
-    missing = [name for name in NETWORK_NAMES if name not in data]
-    if missing:
-        raise SnapshotFormatError(
-            f"{path} is not a network snapshot: it lacks {missing} (top-level keys: {sorted(map(str, data))})"
-        )
-    networks: dict[str, OrderedDict[str, Tensor]] = {}
-    for name in NETWORK_NAMES:
-        networks[name] = OrderedDict()
-        _flatten(data[name], "", networks[name], name)
-    return OriginalSnapshot(
-        G=networks["G"],
-        G_ema=networks["G_ema"],
-        D=networks["D"],
-        augment_p=_augment_p(data.get("augment_pipe")),
-        stats=_plain_dict(data.get("stats"), "stats"),
-        training_set_kwargs=_plain_dict(data.get("training_set_kwargs"), "training_set_kwargs"),
-    )
-
-
-def read_original_state_dict(path: str | Path, which: str = "G_ema") -> dict[str, Tensor]:
-    """Read a plain state-dict file under the original key names onto the CPU.
-
-    ``.safetensors`` files are flat. ``.pt``/``.pth``/``.pkl`` files are read by torch's weights-only
-    loader and may hold either a flat name → tensor dict, or a dict of such dicts under ``G``, ``G_ema``
-    and ``D``, of which ``which`` is returned (it is ignored for flat files). Snapshot pickles are read
-    by :func:`read_original_snapshot` instead.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        # load_file may memory-map the file; cloning detaches the result from it.
-        return {key: value.clone() for key, value in load_file(path, device="cpu").items()}
-    if suffix not in (".pt", ".pth", ".pkl"):
-        raise ValueError(f"{path}: unsupported state-dict file type '{suffix}'")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as err:
-        reason = weights_only_refusal(err) if isinstance(err, pickle.UnpicklingError) else str(err)
-        raise SnapshotFormatError(
-            f"{path} is not a weights-only torch file ({reason}); for a network snapshot use "
-            "read_original_snapshot"
-        ) from None
-    if not isinstance(obj, dict):
-        raise SnapshotFormatError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    if any(name in obj and isinstance(obj[name], dict) for name in NETWORK_NAMES):
-        if which not in NETWORK_NAMES:
-            raise ValueError(f"which must be one of {NETWORK_NAMES}, got {which!r}")
-        if not isinstance(obj.get(which), dict):
-            raise SnapshotFormatError(f"{path} has no '{which}' state dict (keys: {sorted(map(str, obj))})")
-        obj = obj[which]
-    return {str(key): _as_plain_tensor(value, str(key)) for key, value in obj.items()}
