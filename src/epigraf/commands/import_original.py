@@ -2,7 +2,7 @@
 
     epigraf import network-snapshot-025000.pkl --out ffhq512.safetensors          # config read from the pickle
     epigraf import network-snapshot-025000.pkl --preset ffhq512 --out ffhq512.safetensors
-    epigraf import weights.pt --config tiny_config.json --out tiny.safetensors      # plain state dict
+    epigraf import weights.pt --config config.json --out tiny.safetensors      # plain state dict
 
 A pickle referencing any global outside the snapshot format is refused with an error naming it (exit 2).
 See ``epigraf.compat.importer`` for where the hyperparameters come from.
