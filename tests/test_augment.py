@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from epigraf.train.augment import AdaptiveP, AugmentPipe, adjust_p, blit, warp_affine
+from epigraf.train.augment import AdaptiveP, AugmentPipe, adjust_p
+from epigraf.train.resample import blit, warp_affine
 
 ALL_OFF = dict.fromkeys(
     ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac")

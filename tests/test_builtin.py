@@ -212,13 +212,13 @@ def test_reuse_and_force(tiny, manifest, monkeypatch):
     def fail(task):
         raise AssertionError("rendered although the build was complete")
 
-    monkeypatch.setattr(builtin, "render_object", fail)
+    monkeypatch.setattr(builtin.build, "render_object", fail)
     assert builtin.build_builtin_dataset(tiny, **TINY,
                                          workers=1) == tiny
     monkeypatch.undo()
     (tiny / "geometry/duck/000.npz").rename(tiny / "geometry.bak")  # an incomplete build is not reused
     try:
-        monkeypatch.setattr(builtin, "render_object", fail)
+        monkeypatch.setattr(builtin.build, "render_object", fail)
         with pytest.raises(AssertionError, match="rendered although"):
             builtin.build_builtin_dataset(tiny, **TINY,
                                           workers=1)
@@ -237,8 +237,8 @@ def test_reuse_without_pybullet(tiny, monkeypatch):
     def missing():
         raise ImportError("no pybullet here")
 
-    monkeypatch.setattr(builtin, "_pybullet_version", lambda: None)
-    monkeypatch.setattr(builtin, "pybullet_data_path", missing)
+    monkeypatch.setattr(builtin.build, "_pybullet_version", lambda: None)
+    monkeypatch.setattr(builtin.build, "pybullet_data_path", missing)
     assert builtin.build_builtin_dataset(tiny, **TINY) == tiny
     with pytest.raises(ImportError):
         builtin.build_builtin_dataset(tiny, **{**TINY, "views_per_object": VIEWS + 1})

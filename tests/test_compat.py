@@ -142,7 +142,7 @@ def test_pose_cond_flag_builds_the_original_posed_ffhq512(original_fixtures):
     from types import SimpleNamespace
 
     from epigraf.cli import build_parser
-    from epigraf.train.loop import model_config_for
+    from epigraf.train.data_feed import model_config_for
     from epigraf.train.options import TrainOptions, options_from_args
 
     keys = _keys_file(original_fixtures, "ffhq512posecond")

@@ -14,7 +14,8 @@ from epigraf.checkpoint import save_checkpoint
 from epigraf.cli import main
 from epigraf.nn.generator import Generator
 from epigraf.progress import track
-from epigraf.train.loop import RunLogger, train
+from epigraf.train.loop import train
+from epigraf.train.run_log import RunLogger
 from epigraf.train.visualize import FakesSchedule
 from test_checkpoint import tiny_model_config
 from test_fid import save_tiny_detector

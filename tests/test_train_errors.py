@@ -173,7 +173,7 @@ def test_an_existing_run_folder_is_refused_without_resume_or_force(tmp_path, dat
 def test_resuming_with_changed_options_warns_and_keeps_the_original_record(tmp_path, data, caplog):
     train(quick_options(tmp_path, kimg=0.008), tiny_model_config())
     original = (tmp_path / "run" / "options.json").read_text()
-    with caplog.at_level(logging.WARNING, logger="epigraf.train.loop"):
+    with caplog.at_level(logging.WARNING, logger="epigraf.train.run_log"):
         train(quick_options(tmp_path, resume="latest", batch_size=8, g_lr=0.001, seed=3, workers=1),
               tiny_model_config())
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

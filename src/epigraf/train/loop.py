@@ -4,6 +4,9 @@ visualise, evaluate and snapshot every few ticks.
 Randomness is a pure function of (seed, rank, step): each iteration seeds the global RNG and draws its
 data indices from a generator with that seed, so resuming from a snapshot replays the uninterrupted run
 step for step.
+
+What the loop eats comes from ``data_feed`` (dataset, real batches, the fakes' labels and cameras); what it
+leaves on disk besides snapshots is written by ``run_log`` (options, stats, metrics, grids of fakes).
 """
 
 from __future__ import annotations
@@ -13,26 +16,21 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import signal
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from epigraf.cameras import sample_normal, sample_spherical_uniform
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
 from epigraf.config import ModelConfig, preset
-from epigraf.data.dataset import ImageDataset
-from epigraf.files import atomic_write, strict_json
-from epigraf.metrics import FeatureExtractor, InceptionFeatures, MetricResult, TorchScriptFeatures, compute_metric
+from epigraf.metrics import compute_metric
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
 from epigraf.nn.state import load_state_strict
@@ -40,29 +38,29 @@ from epigraf.process_settings import configure_cuda_for_training, ensure_denorma
 from epigraf.schedules import adam_settings_for_lazy_reg, blur_sigma, ema_beta, nerf_noise_std, patch_beta
 from epigraf.train import distributed
 from epigraf.train.augment import AdaptiveP, AugmentPipe
+from epigraf.train.data_feed import (
+    fake_conditioning,
+    model_config_for,
+    real_batch_iterator,
+    resolve_dataset,
+    step_seed,
+)
 from epigraf.train.loss import PatchGANLoss, PhaseInputs
 from epigraf.train.options import TrainOptions
+from epigraf.train.run_log import RunLogger, create_run_dir, fid_feature_extractor
 from epigraf.train.run_snapshots import (
     load_state,
     network_path,
-    prepare_run_dir,
     remove_unfinished_writes,
     resolve_resume,
     tensor_bytes,
     write_snapshot,
 )
-from epigraf.train.visualize import FakesSchedule, render_fake_grid, save_camera_path_video, save_image_grid
 
 log = logging.getLogger(__name__)
 
-VIDEO_LATENTS = 4
 # A CPU step that leaves this much free heap hands it back (why: process_settings.trim_cpu_heap).
 HEAP_TRIM_BYTES = 4 << 30
-
-
-def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
-    """A distinct 63-bit seed per (seed, rank, step, stream)."""
-    return int(np.random.SeedSequence([seed, rank, step, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 class InterruptFlag:
@@ -83,129 +81,6 @@ class InterruptFlag:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def resolve_dataset(opts: TrainOptions, resolution: int, env: distributed.DistEnv) -> ImageDataset:
-    """The user's dataset, or the built-in one (rendered once into the cache by rank 0 while others wait)."""
-    if opts.data is not None:
-        return ImageDataset(opts.data, mirror=opts.mirror)
-    from epigraf.data.builtin import build_builtin_dataset
-
-    if env.is_main:
-        log.info("preparing the built-in dataset at %d² (rendered once, then cached)", resolution)
-        path = build_builtin_dataset(resolution=resolution, progress=opts.progress)
-    distributed.barrier(env)
-    if not env.is_main:
-        path = build_builtin_dataset(resolution=resolution)
-    return ImageDataset(path, mirror=opts.mirror)
-
-
-def model_config_for(opts: TrainOptions, dataset: ImageDataset, base: ModelConfig) -> ModelConfig:
-    """``base`` (the preset), adapted to the dataset (labels, mean pose) and the options (pose conditioning)."""
-    cfg = base
-    g, d = cfg.generator, cfg.discriminator
-    if dataset.resolution != g.image_resolution:
-        raise ValueError(f"dataset images are {dataset.resolution}² but the model ({cfg.name!r}) trains at "
-                         f"{g.image_resolution}²; convert with `epigraf dataset convert --resolution "
-                         f"{g.image_resolution}`")
-    c_dim = dataset.c_dim if opts.use_labels else 0
-    if g.c_dim and c_dim != g.c_dim:
-        raise ValueError(f"preset {opts.preset!r} is conditional on {g.c_dim} classes, the dataset has {c_dim} "
-                         "(pass --no-use-labels for an unconditional model only if the preset allows it)")
-    if g.camera.distribution == "custom" and not dataset.has_cameras:
-        raise ValueError(f"preset {opts.preset!r} renders from the dataset's poses, but the dataset has no "
-                         "camera_angles in dataset.json")
-    mean_pose = dataset.mean_camera_pose or g.mean_camera_pose
-    g = dataclasses.replace(g, c_dim=c_dim, camera_cond=opts.g_camera_cond or opts.pose_cond,
-                            mean_camera_pose=tuple(mean_pose))
-    d = dataclasses.replace(d, c_dim=c_dim, camera_cond=opts.d_camera_cond or opts.pose_cond,
-                            camera_cond_drop_p=opts.d_camera_cond_drop_p)
-    gamma = opts.r1_gamma if opts.r1_gamma >= 0 else cfg.r1_gamma
-    return dataclasses.replace(cfg, generator=g, discriminator=d, r1_gamma=gamma)
-
-
-class RealBatches(torch.utils.data.Sampler):
-    """Index batches for steps start, start+1, …: batch k is drawn from a generator seeded by (seed, rank, k)."""
-
-    def __init__(self, dataset_size: int, batch: int, seed: int, rank: int, start_step: int) -> None:
-        self.size, self.batch, self.seed, self.rank, self.start = dataset_size, batch, seed, rank, start_step
-
-    def __iter__(self):
-        step = self.start
-        while True:
-            g = torch.Generator().manual_seed(step_seed(self.seed, self.rank, step, stream=1))
-            yield torch.randint(self.size, (self.batch,), generator=g).tolist()
-            step += 1
-
-
-def leave_stop_signals_to_the_trainer(_: int) -> None:
-    """DataLoader workers ignore SIGTERM and SIGINT. Ctrl-C, `timeout` and job schedulers signal the whole
-    process group; a worker killed by it makes the trainer raise mid-step instead of writing its snapshot.
-    The trainer stops its workers itself when it exits."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@contextmanager
-def real_batch_iterator(dataset: ImageDataset, batch: int, opts: TrainOptions, rank: int, start_step: int
-                        ) -> Iterator[Iterator[list]]:
-    """Batches (images, angles, labels) for steps start_step, start_step+1, …; the data workers are stopped
-    when the block exits, whether it returns or raises."""
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=RealBatches(len(dataset), batch, opts.seed, rank, start_step),
-        num_workers=opts.workers, pin_memory=torch.cuda.is_available(), persistent_workers=opts.workers > 0,
-        worker_init_fn=leave_stop_signals_to_the_trainer,
-    )
-    batches = iter(loader)
-    try:
-        yield with_plain_worker_errors(batches)
-    finally:
-        stop_data_workers(batches)
-
-
-def with_plain_worker_errors(batches: Iterator[list]) -> Iterator[list]:
-    """``batches``, with a dataset error raised in a worker re-raised as the dataset's own one-line message:
-    the DataLoader wraps it as "Caught ValueError in DataLoader worker process 0.\nOriginal Traceback…"."""
-    while True:
-        try:
-            batch = next(batches)
-        except ValueError as err:
-            lines = str(err).rstrip().splitlines()
-            if len(lines) < 2 or not lines[0].startswith("Caught "):
-                raise
-            raise ValueError(lines[-1].partition(": ")[2] or lines[-1]) from None
-        yield batch
-
-
-def stop_data_workers(batches: Iterator[list], join_timeout_s: float = 10.0) -> None:
-    """Stop the worker processes of a DataLoader iterator now, not at interpreter exit.
-
-    On an error the traceback keeps the iterator alive past ``main``; multiprocessing's exit handler then
-    SIGTERMs the workers, which ignore SIGTERM (see ``leave_stop_signals_to_the_trainer``), and joins them
-    forever. So the trainer asks them to stop, and SIGKILLs any still alive (e.g. stuck decoding a file)."""
-    shutdown = getattr(batches, "_shutdown_workers", None)  # absent for workers=0
-    if shutdown is not None:
-        shutdown()
-    for worker in getattr(batches, "_workers", ()):
-        if worker.is_alive():
-            worker.kill()
-            worker.join(timeout=join_timeout_s)
-
-
-def fake_conditioning(dataset: ImageDataset, cfg: ModelConfig, batch: int, device: torch.device
-                      ) -> tuple[Tensor, Tensor]:
-    """Labels [b, c_dim] and rendering cameras [b, 3] for fakes: from random dataset items (mirrors included)
-    for the 'custom' distribution, else drawn from the configured distribution (docs/method.md §6.4)."""
-    idx = torch.randint(len(dataset), (batch,)).numpy()
-    c = torch.from_numpy(dataset.labels[idx][:, : cfg.generator.c_dim])
-    cam = cfg.generator.camera
-    if cam.distribution == "custom":
-        angles = torch.from_numpy(dataset.camera_angles[idx])
-    elif cam.distribution == "spherical_uniform":
-        angles = sample_spherical_uniform(batch)
-    else:
-        angles = sample_normal(batch, cam.yaw_mean, cam.yaw_std, cam.pitch_mean, cam.pitch_std)
-    return c.to(device), angles.to(device)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: Tensor,
@@ -279,30 +154,6 @@ def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
         p_ema.copy_(p.lerp(p_ema, beta))
     for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
         b_ema.copy_(b)
-
-
-def fid_feature_extractor(opts: TrainOptions, device: torch.device) -> FeatureExtractor | None:
-    """The detector for FID@2k during training, or None (logged once) when no Inception weights are found."""
-    if opts.detector is not None:
-        return TorchScriptFeatures(opts.detector, device)
-    try:
-        return InceptionFeatures(opts.inception, device)
-    except (FileNotFoundError, ValueError) as err:
-        log.warning("FID@2k during training is off: %s", err)
-        return None
-
-
-def create_run_dir(opts: TrainOptions, name: str) -> Path:
-    if opts.run is not None:
-        run = Path(opts.run)
-        prepare_run_dir(run, opts.force)
-        return run
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ids = [int(p.name.split("-")[0]) for p in out.iterdir() if p.is_dir() and p.name.split("-")[0].isdigit()]
-    run = out / f"{max(ids, default=-1) + 1:05d}-{name}"
-    run.mkdir()
-    return run
 
 
 @dataclass
@@ -519,148 +370,3 @@ def save_snapshot(run_dir: Path, cfg: ModelConfig, G: Generator, G_ema: Generato
                                                                    metadata={"kimg": cur_nimg / 1000, "step": step}),
                    state, needed)
     log.info("snapshot %s", network_path(run_dir, cur_nimg).name)
-
-
-def drop_records_after(log_file: Path, nimg: int) -> None:
-    """Keep only the JSON-lines records of ``log_file`` at ``kimg`` ≤ nimg / 1000 (resuming from a snapshot at
-    nimg images repeats what a stopped run logged after it) and drop a line a kill cut short. Rewritten
-    atomically; an absent file is left alone."""
-    if not log_file.is_file():
-        return
-    lines = log_file.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if (record_nimg := _record_nimg(line)) is not None and record_nimg <= nimg]
-    if len(kept) != len(lines):
-        with atomic_write(log_file) as tmp:
-            tmp.write_text("".join(kept))
-
-
-def _record_nimg(line: str) -> int | None:
-    try:
-        return round(json.loads(line)["kimg"] * 1000)
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return None
-
-
-# Options that say how to continue (not what is trained): changing them on resume needs no warning.
-RESUME_CONTROLS = frozenset({"resume", "kimg", "run", "out", "force", "device", "workers", "progress",
-                             "tensorboard", "image_ticks", "metrics_ticks", "snapshot_ticks", "videos"})
-
-
-def warn_about_changed_options(original: dict[str, Any], resumed: dict[str, Any]) -> list[str]:
-    """Log one warning naming each training option the resume changes (e.g. ``batch_size 4 → 8``); returns
-    those descriptions."""
-    changed = [f"{name} {original[name]!r} → {value!r}" for name, value in resumed.items()
-               if name not in RESUME_CONTROLS and name in original and original[name] != value]
-    if changed:
-        log.warning("resuming with options that differ from the run's own (options.json): %s; the continued "
-                    "run is not the one started", ", ".join(changed))
-    return changed
-
-
-class RunLogger:
-    """Rank 0's view of the run: progress bar, stats.jsonl, optional TensorBoard, image grids."""
-
-    def __init__(self, run_dir: Path, opts: TrainOptions, cfg: ModelConfig, env: distributed.DistEnv,
-                 start_nimg: int) -> None:
-        self.run_dir, self.opts = run_dir, opts
-        if start_nimg > 0:
-            for log_file in (run_dir / "stats.jsonl", *run_dir.glob("metric-*.jsonl")):
-                drop_records_after(log_file, start_nimg)
-        options = dataclasses.asdict(opts)
-        options_file = run_dir / "options.json"
-        if start_nimg > 0 and options_file.is_file():
-            warn_about_changed_options(json.loads(options_file.read_text()), options)
-            # options.json stays the run's original record; each resume's options go beside it.
-            options_file = run_dir / f"options-resumed-{start_nimg:010d}.json"
-        options_file.write_text(json.dumps(options, indent=2))
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        self.stats_file = (run_dir / "stats.jsonl").open("a")
-        self.writer = None
-        if opts.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as err:
-                raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from err
-            # A resumed run repeats the steps after its snapshot: TensorBoard drops the stopped run's copies.
-            self.writer = SummaryWriter(str(run_dir), purge_step=start_nimg + 1 if start_nimg > 0 else None)
-        self.bar = None
-        if opts.progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=opts.kimg, initial=start_nimg / 1000, unit="kimg", dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n:.2f}/{total:.0f} kimg [{elapsed}<{remaining}{postfix}]")
-        self.fakes_schedule = FakesSchedule(opts.image_ticks, opts.image_minutes, start=time.time())
-        self.grid_z: Tensor | None = None
-        self.grid_idx: np.ndarray | None = None
-        log.info("run folder: %s (%s on %s, %d process(es))", run_dir, cfg.name, env.device, env.world_size)
-
-    def progress(self, cur_nimg: int, last: dict[str, float], augment_p: float) -> None:
-        if self.bar is None:
-            return
-        self.bar.n = cur_nimg / 1000
-        self.bar.set_postfix({"G": f"{last.get('loss/G', math.nan):.3f}", "D": f"{last.get('loss/D', math.nan):.3f}",
-                              "p": f"{augment_p:.3f}"}, refresh=True)
-
-    def tick(self, tick: int, cur_nimg: int, step: int, seconds: float, tick_nimg: int,
-             stats: dict[str, list[float]], extra: dict[str, float]) -> None:
-        record: dict[str, Any] = {"tick": tick, "kimg": cur_nimg / 1000, "step": step,
-                                  "sec_per_kimg": seconds / max(tick_nimg / 1000, 1e-9),
-                                  "img_per_sec": tick_nimg / max(seconds, 1e-9), "timestamp": time.time()}
-        record.update({k: float(np.mean(v)) for k, v in stats.items() if v})
-        record.update(extra)
-        if torch.cuda.is_available():
-            record["resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        # A skipped step's NaN loss is written as null: stats.jsonl is strict JSON.
-        self.stats_file.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
-        self.stats_file.flush()
-        if self.writer is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("tick", "timestamp"):
-                    self.writer.add_scalar(k, v, global_step=cur_nimg)
-        if self.bar is not None:
-            self.bar.set_description(
-                f"tick {tick} {record['sec_per_kimg']:.1f} s/kimg {record['img_per_sec']:.1f} img/s")
-        else:
-            log.info("tick %d kimg %.2f %s", tick, cur_nimg / 1000,
-                     " ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith("loss/")))
-
-    def metric(self, result: MetricResult, cur_nimg: int) -> None:
-        """Append one metric to ``metric-<name>.jsonl`` and log it."""
-        record = {"kimg": cur_nimg / 1000, **result.to_dict()}
-        with (self.run_dir / f"metric-{result.metric}.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            self.writer.add_scalar(f"metrics/{result.metric}", result.value, global_step=cur_nimg)
-        log.info("%s at %.1f kimg: %.4g", result.metric, cur_nimg / 1000, result.value)
-
-    def save_reals(self, dataset: ImageDataset, count: int = 16) -> None:
-        rng = np.random.RandomState(self.opts.seed)
-        self.grid_idx = rng.randint(len(dataset), size=count)
-        images = torch.from_numpy(np.stack([dataset[int(i)].image for i in self.grid_idx])).float() / 127.5 - 1
-        save_image_grid(images, self.run_dir / "reals.png")
-
-    def save_fakes(self, G_ema: Generator, dataset: ImageDataset, cfg: ModelConfig, cur_nimg: int, *,
-                   video: bool) -> None:
-        """A grid of G_ema renders at the cameras and labels of the real grid, and (with ``video`` and
-        ``--videos``) a camera-path video."""
-        if self.grid_idx is None:
-            self.grid_idx = np.random.RandomState(self.opts.seed).randint(len(dataset), size=16)
-        n = len(self.grid_idx)
-        z = torch.from_numpy(np.random.RandomState(self.opts.seed + 1).randn(n, cfg.generator.z_dim)).float()
-        c = torch.from_numpy(dataset.labels[self.grid_idx][:, : cfg.generator.c_dim]) if cfg.generator.c_dim else None
-        angles = torch.from_numpy(dataset.camera_angles[self.grid_idx])
-        if not torch.isfinite(angles).all():
-            angles = sample_spherical_uniform(n, torch.Generator().manual_seed(self.opts.seed))
-        save_image_grid(render_fake_grid(G_ema, z, c, angles), self.run_dir / f"fakes-{cur_nimg:010d}.png")
-        self.fakes_schedule.last = time.time()
-        if video and self.opts.videos:
-            save_camera_path_video(G_ema, z[:VIDEO_LATENTS], None if c is None else c[:VIDEO_LATENTS],
-                                   self.run_dir / f"video-{cur_nimg:010d}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
-        self.stats_file.close()
-

@@ -30,11 +30,12 @@ class PresetRecipe:
 
 # The paper's schedule (docs/method.md §5): batch 64, D-input blur of σ = 10 px fading over 200 kimg.
 PAPER_RECIPE = PresetRecipe(kimg=2000.0, batch_size=64, tick_kimg=4.0, blur_init_sigma=10.0, blur_fade_kimg=200.0)
-# The built-in preset is trained for hours, not weeks, on a CPU: a run of 120 kimg, 1 h 46 min at 20 img/s on
-# 2 cores (docs/results.md). Shapes come late: at 40 kimg the toys were blobs in their colours, by 80 the cone and
-# by 120 the soccer ball and the wheel were recognisable. The blur keeps the paper's role (D first compares coarse
-# shapes) at this scale: σ = 10 px is a sixth of a 64² patch at 256², so 32² patches get σ = 3 px, and it fades
-# over 4 kimg (200 kimg is a tenth of the paper's shortest schedule) instead of outlasting the run.
+# The built-in preset is trained for hours, not weeks, on a CPU: a run of 120 kimg, long enough for the toys'
+# shapes, which come well after their colours. What the run learns by which kimg, and how long it takes on which
+# machine, are measurements that change with the code and the machine: docs/results.md and benchmarks/RESULTS.md
+# keep them. The blur keeps the paper's role (D first compares coarse shapes) at this scale: σ = 10 px is a sixth
+# of a 64² patch at 256², so 32² patches get σ = 3 px, and it fades over 4 kimg (200 kimg is a tenth of the
+# paper's shortest schedule) instead of outlasting the run.
 BUILTIN_RECIPE = PresetRecipe(kimg=120.0, batch_size=16, tick_kimg=0.5, blur_init_sigma=3.0, blur_fade_kimg=4.0)
 
 
