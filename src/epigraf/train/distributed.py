@@ -67,10 +67,12 @@ def broadcast_module(module: nn.Module, env: DistEnv) -> None:
 
 
 def average_gradients(params: list[nn.Parameter], env: DistEnv) -> None:
-    """Average the gradients of ``params`` over ranks (missing gradients count as zero)."""
+    """Average the gradients of ``params`` over ranks. Parameters without a gradient (the same ones on every rank:
+    the ranks run the same graph) keep none, so the optimiser skips them, as the original's does."""
     if not env.enabled:
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    params = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= env.world_size
