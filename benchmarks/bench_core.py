@@ -31,12 +31,14 @@ from machine import device_name
 from epigraf.config import preset
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
+from epigraf.patches import sample_patch_params
 from epigraf.process_settings import configure_cuda_for_training, denormals_flushed, flush_denormals, tune_cpu_allocator
-from epigraf.schedules import adam_settings_for_lazy_reg
 from epigraf.train.augment import AugmentPipe
 from epigraf.train.distributed import DistEnv
+from epigraf.train.draws import FakeDraws, IterationDraws, RealBatch
 from epigraf.train.loop import optimizer_step, update_ema
-from epigraf.train.loss import PatchGANLoss, PhaseInputs
+from epigraf.train.loss import PatchGANLoss
+from epigraf.train.step import make_optimizers
 
 # Original implementation, batch 4, seconds (REFERENCE_TIMINGS.md; ranges → their midpoint).
 ORIGINAL_B4 = {
@@ -93,33 +95,36 @@ def main() -> None:
     augment = AugmentPipe().to(device)  # p = 0 at kimg 0, as in the reference measurement
     b, R = args.batch, cfg.generator.image_resolution
     c_dim = cfg.generator.c_dim
-    x = PhaseInputs(
-        real=torch.rand(b, 3, R, R, device=device) * 2 - 1, real_c=torch.zeros(b, c_dim, device=device),
-        real_angles=torch.tensor([[0.0, 1.5708, 0.0]], device=device).repeat(b, 1),
-        z=torch.randn(b, cfg.generator.z_dim, device=device), fake_c=torch.zeros(b, c_dim, device=device),
-        fake_angles=torch.tensor([[0.1, 1.5, 0.0]], device=device).repeat(b, 1),
-    )
-    loss = PatchGANLoss(cfg, G, D, augment, cfg.r1_gamma, 10.0, 200.0, 0.5, 1000.0)
+    fake_angles = torch.tensor([[0.1, 1.5, 0.0]], device=device).repeat(b, 1)
+
+    def patches_at_kimg_0():
+        return sample_patch_params(b, cfg.patch, 0.0, device=device)
+
+    def fakes() -> FakeDraws:
+        return FakeDraws(torch.randn(b, cfg.generator.z_dim, device=device), torch.zeros(b, c_dim, device=device),
+                         fake_angles, fake_angles, patches_at_kimg_0())
+
+    real = RealBatch(torch.rand(b, 3, R, R, device=device) * 2 - 1, torch.zeros(b, c_dim, device=device),
+                     torch.tensor([[0.0, 1.5708, 0.0]], device=device).repeat(b, 1))
+    x = IterationDraws(real, fakes(), fakes(), patches_at_kimg_0(), patches_at_kimg_0())
+    loss = PatchGANLoss(cfg, G, D, augment, cfg.r1_gamma, 10.0, 200.0)
     g_params, d_params = list(G.parameters()), list(D.parameters())
-    g_opt = torch.optim.Adam(g_params, lr=0.0025, betas=(0.0, 0.99), eps=1e-8)
-    d_lr, d_betas = adam_settings_for_lazy_reg(0.002, (0.0, 0.99), 16)
-    d_opt = torch.optim.Adam(d_params, lr=d_lr, betas=d_betas, eps=1e-8)
+    g_opt, d_opt = make_optimizers(G, D, 0.0025, 0.002, 16)
     env = DistEnv(0, 1, device)
-    c = x.fake_c if c_dim else None
-    pp = loss.draw_patch_params(b, 0.0, device)
-    patches = x.real[:, :, : cfg.patch.resolution, : cfg.patch.resolution].contiguous()
+    z, c, pp = x.gall.z, x.gall.c if c_dim else None, x.gall.patch
+    patches = real.images[:, :, : cfg.patch.resolution, : cfg.patch.resolution].contiguous()
 
     def g_patch_forward() -> None:
         with torch.no_grad():
-            G(x.z, c, x.fake_angles, patch_params=pp, noise_mode="random", nerf_noise_std=1.0)
+            G(z, c, fake_angles, patch_params=pp, noise_mode="random", nerf_noise_std=1.0)
 
     def g_patch_backward() -> None:
         G.zero_grad(set_to_none=True)
-        G(x.z, c, x.fake_angles, patch_params=pp, noise_mode="random", nerf_noise_std=1.0).image.mean().backward()
+        G(z, c, fake_angles, patch_params=pp, noise_mode="random", nerf_noise_std=1.0).image.mean().backward()
 
     def g_full_forward() -> None:
         with torch.no_grad():
-            G.eval()(x.z, c, x.fake_angles, noise_mode="random")
+            G.eval()(z, c, fake_angles, noise_mode="random")
         G.train()
 
     def d_forward() -> None:
@@ -133,15 +138,15 @@ def main() -> None:
     def phase_g() -> None:
         G.requires_grad_(True)
         D.requires_grad_(False)
-        optimizer_step(g_opt, g_params, loss.generator_loss(x, 0.0)[0], env)
+        optimizer_step(g_opt, g_params, loss.generator_loss(x.gall, 0.0).loss, env)
 
     def phase_d() -> None:
         G.requires_grad_(False)
         D.requires_grad_(True)
-        optimizer_step(d_opt, d_params, loss.discriminator_loss(x, 0.0)[0], env)
+        optimizer_step(d_opt, d_params, loss.discriminator_loss(x.dmain, real, x.dmain_real_patch, 0.0).loss, env)
 
     def phase_r1() -> None:
-        optimizer_step(d_opt, d_params, loss.r1_loss(x, 0.0, 16)[0], env)
+        optimizer_step(d_opt, d_params, loss.r1_loss(real, x.dreg_real_patch, 0.0, 16).loss, env)
 
     def ema() -> None:
         update_ema(G_ema, G, 0.999)

@@ -5,11 +5,11 @@
 
 Each iteration is ``epigraf.train.loop.training_step`` (G step, D step, R1 step on its interval, each an
 Adam step) followed by ``update_ema``, exactly as ``train()`` runs them, on fresh inputs: new real
-images (smooth random images, bilinearly up-sampled 16² noise), new z, new cameras, and the patch
-parameters the loss draws itself. Progress starts at kimg 0 (blur σ = 10, patch scales ≈ 1, NeRF noise
-1), as the reference measurement. ``--r1-interval 1`` (the default) runs R1 every iteration, with weight
-γ/2 per step instead of 16·γ/2 every 16th (the same on average), so every iteration has every phase, as
-``REFERENCE_TIMINGS.md`` counts it.
+images (smooth random images, bilinearly up-sampled 16² noise), and per phase its own z, cameras and
+patch parameters (``draw_iteration``, as ``train()`` draws them). Progress starts at kimg 0 (blur σ = 10,
+patch scales ≈ 1, NeRF noise 1), as the reference measurement. ``--r1-interval 1`` (the default) runs R1
+every iteration, with weight γ/2 per step instead of 16·γ/2 every 16th (the same on average), so every
+iteration has every phase, as ``REFERENCE_TIMINGS.md`` counts it.
 
 Prints per-iteration phase times and logits, then per-phase medians over the iterations after the
 warm-up, the iteration time, img/s and the peak resident memory, beside the original's figures
@@ -64,11 +64,13 @@ def main() -> None:
     from epigraf.nn.discriminator import Discriminator
     from epigraf.nn.generator import Generator
     from epigraf.process_settings import configure_cuda_for_training
-    from epigraf.schedules import adam_settings_for_lazy_reg, ema_beta
+    from epigraf.schedules import ema_beta
     from epigraf.train.augment import AugmentPipe
     from epigraf.train.distributed import DistEnv
+    from epigraf.train.draws import IterationDraws, RealBatch, draw_iteration
     from epigraf.train.loop import timed_phase, training_step, update_ema
-    from epigraf.train.loss import PatchGANLoss, PhaseInputs
+    from epigraf.train.loss import PatchGANLoss
+    from epigraf.train.step import make_optimizers
 
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -79,36 +81,35 @@ def main() -> None:
     G_ema = Generator(cfg.generator).to(device).eval().requires_grad_(False)
     G_ema.load_state_dict(G.state_dict())
     D = Discriminator(cfg.discriminator).to(device).train()
-    loss = PatchGANLoss(cfg, G, D, AugmentPipe().to(device), cfg.r1_gamma, 10.0, 200.0, 0.5, 1000.0)
-    G_opt = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99), eps=1e-8)
-    d_lr, d_betas = adam_settings_for_lazy_reg(0.002, (0.0, 0.99), args.r1_interval)
-    D_opt = torch.optim.Adam(D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8)
+    loss = PatchGANLoss(cfg, G, D, AugmentPipe().to(device), cfg.r1_gamma, 10.0, 200.0)
+    G_opt, D_opt = make_optimizers(G, D, 0.0025, 0.002, args.r1_interval)
     env = DistEnv(0, 1, device)
     b, R, c_dim = args.batch, cfg.generator.image_resolution, cfg.generator.c_dim
 
-    def fresh_inputs() -> PhaseInputs:
+    def fresh_inputs(step: int, kimg: float) -> IterationDraws:
+        """A new real batch, and per phase its own z, cameras and patches, as train() draws them."""
         real = F.interpolate(torch.rand(b, 3, 16, 16, device=device) * 2 - 1, size=(R, R), mode="bilinear",
                              align_corners=True)
 
-        def cameras() -> torch.Tensor:
-            yaw, pitch = torch.randn(b, device=device) * 0.3, 1.5708 + torch.randn(b, device=device) * 0.15
+        def cameras(n: int) -> torch.Tensor:
+            yaw, pitch = torch.randn(n, device=device) * 0.3, 1.5708 + torch.randn(n, device=device) * 0.15
             return torch.stack([yaw, pitch, torch.zeros_like(yaw)], dim=1)
 
-        return PhaseInputs(real=real, real_c=torch.zeros(b, c_dim, device=device), real_angles=cameras(),
-                           z=torch.randn(b, cfg.generator.z_dim, device=device),
-                           fake_c=torch.zeros(b, c_dim, device=device), fake_angles=cameras())
+        return draw_iteration(RealBatch(real, torch.zeros(b, c_dim, device=device), cameras(b)), cfg, kimg,
+                              lambda n: (torch.zeros(n, c_dim, device=device), cameras(n)), spoof_p=1.0,
+                              with_r1=step % args.r1_interval == 0)
 
     records = []
     cur_nimg = 0
     for step in range(args.iterations):
         timings: dict[str, float] = {}
-        x = fresh_inputs()
+        x = fresh_inputs(step, cur_nimg / 1000)
         with timed_phase(timings, "iteration", device):
             ok, stats, _ = training_step(loss, x, cur_nimg / 1000, step, G_opt, D_opt, env, args.r1_interval,
                                          contextlib.nullcontext(), timings)
-            cur_nimg += b
             with timed_phase(timings, "EMA", device):
                 update_ema(G_ema, G, ema_beta(b, cur_nimg, b * 0.3125))
+            cur_nimg += b
         records.append({"step": step, "finite": ok, **{f"{k}_s": v for k, v in timings.items()},
                         "scores_fake": stats["scores/fake"], "scores_real": stats["scores/real"],
                         "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})

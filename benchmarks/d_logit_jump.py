@@ -19,11 +19,13 @@ import torch.nn.functional as F
 from epigraf.config import preset
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
+from epigraf.patches import sample_patch_params
 from epigraf.process_settings import flush_denormals
 from epigraf.schedules import adam_settings_for_lazy_reg
 from epigraf.train.distributed import DistEnv
+from epigraf.train.draws import FakeDraws, RealBatch
 from epigraf.train.loop import optimizer_step
-from epigraf.train.loss import PatchGANLoss, PhaseInputs
+from epigraf.train.loss import PatchGANLoss
 
 
 def parameter_group(name: str) -> str:
@@ -54,38 +56,39 @@ def main() -> None:
     real = torch.rand(b, 3, R, R) * 2 - 1
     if args.smooth_reals:
         real = F.interpolate(torch.rand(b, 3, 8, 8) * 2 - 1, size=(R, R), mode="bilinear", align_corners=True)
-    x = PhaseInputs(real=real, real_c=torch.zeros(b, 0), real_angles=torch.tensor([[0.0, 1.5708, 0.0]]).repeat(b, 1),
-                    z=torch.randn(b, cfg.generator.z_dim), fake_c=torch.zeros(b, 0),
-                    fake_angles=torch.tensor([[0.1, 1.5, 0.0]]).repeat(b, 1))
-    loss = PatchGANLoss(cfg, G, D, None, cfg.r1_gamma, 10.0, 200.0, 0.5, 1000.0)
+    x = RealBatch(real, torch.zeros(b, 0), torch.tensor([[0.0, 1.5708, 0.0]]).repeat(b, 1))
+    fake_angles = torch.tensor([[0.1, 1.5, 0.0]]).repeat(b, 1)
+    pp_fake, pp_real = (sample_patch_params(b, cfg.patch, args.kimg) for _ in range(2))
+    fakes = FakeDraws(torch.randn(b, cfg.generator.z_dim), torch.zeros(b, 0), fake_angles, fake_angles, pp_fake)
+    loss = PatchGANLoss(cfg, G, D, None, cfg.r1_gamma, 10.0, 200.0)
     with torch.no_grad():
-        fake, pp_fake = loss.generate(x, args.kimg)
-    real_patch, pp_real = loss.real_patches(x, args.kimg)
+        fake = loss.generate(fakes, args.kimg)
+    real_patch = loss.real_patches(x, pp_real)
 
     def logits() -> tuple[float, float]:
         with torch.no_grad():
-            return (loss.discriminate(fake, x.fake_c, pp_fake, x.fake_angles, args.kimg).mean().item(),
-                    loss.discriminate(real_patch, x.real_c, pp_real, x.real_angles, args.kimg).mean().item())
+            return (loss.discriminate(fake, fakes.c, pp_fake, fake_angles, args.kimg).mean().item(),
+                    loss.discriminate(real_patch, x.c, pp_real, x.camera_angles, args.kimg).mean().item())
 
     params = dict(D.named_parameters())
     before = {k: v.detach().clone() for k, v in params.items()}
     fake0, real0 = logits()
     # ∂(mean fake logit)/∂θ for the first-order prediction of each group's effect.
     D.zero_grad(set_to_none=True)
-    loss.discriminate(fake, x.fake_c, pp_fake, x.fake_angles, args.kimg).mean().backward()
+    loss.discriminate(fake, fakes.c, pp_fake, fake_angles, args.kimg).mean().backward()
     fake_grad = {k: v.grad.detach().clone() if v.grad is not None else torch.zeros_like(v) for k, v in params.items()}
 
     d_lr, d_betas = adam_settings_for_lazy_reg(0.002, (0.0, 0.99), 16)
     opt = torch.optim.Adam(list(params.values()), lr=d_lr, betas=d_betas, eps=1e-8)
-    d_loss = (F.softplus(loss.discriminate(fake, x.fake_c, pp_fake, x.fake_angles, args.kimg)).mean()
-              + F.softplus(-loss.discriminate(real_patch, x.real_c, pp_real, x.real_angles, args.kimg)).mean())
+    d_loss = (F.softplus(loss.discriminate(fake, fakes.c, pp_fake, fake_angles, args.kimg)).mean()
+              + F.softplus(-loss.discriminate(real_patch, x.c, pp_real, x.camera_angles, args.kimg)).mean())
     optimizer_step(opt, list(params.values()), d_loss, DistEnv(0, 1, torch.device("cpu")))
     after = {k: v.detach().clone() for k, v in params.items()}
     fake1, real1 = logits()
     trajectory = [(fake1, real1)]
     for _ in range(args.steps - 1):  # the same batch again, as a benchmark repeating one phase does
-        d_loss = (F.softplus(loss.discriminate(fake, x.fake_c, pp_fake, x.fake_angles, args.kimg)).mean()
-                  + F.softplus(-loss.discriminate(real_patch, x.real_c, pp_real, x.real_angles, args.kimg)).mean())
+        d_loss = (F.softplus(loss.discriminate(fake, fakes.c, pp_fake, fake_angles, args.kimg)).mean()
+                  + F.softplus(-loss.discriminate(real_patch, x.c, pp_real, x.camera_angles, args.kimg)).mean())
         optimizer_step(opt, list(params.values()), d_loss, DistEnv(0, 1, torch.device("cpu")))
         trajectory.append(logits())
     print(f"{args.preset}, batch {b}, kimg {args.kimg}, reals {'smooth' if args.smooth_reals else 'pixel noise'}; "

@@ -99,6 +99,8 @@ def test_each_cpu_training_iteration_offers_a_trim_once(monkeypatch):
     D_opt = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.0, 0.99))
     env = DistEnv(0, 1, torch.device("cpu"))
     for step in range(2):
-        loop.training_step(make_loss(G, D), phase_inputs(2, seed=step), 0.0, step, G_opt, D_opt, env, 2,
-                           contextlib.nullcontext())
+        draws = phase_inputs(2, seed=step)
+        if step % 2:
+            draws.dreg_real_patch = None
+        loop.training_step(make_loss(G, D), draws, 0.0, step, G_opt, D_opt, env, 2, contextlib.nullcontext())
         assert calls == [loop.HEAP_TRIM_BYTES] * (step + 1)

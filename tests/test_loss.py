@@ -1,5 +1,6 @@
 """The patch-wise GAN objective term by term (docs/method.md §5): R1, the D-input blur, independent fake/real patches,
-GPC spoofing, the non-saturating signs, the EMA and the lazy-R1 Adam correction, as the trainer uses them.
+per-phase draws, GPC spoofing, the non-saturating signs, the EMA and the lazy-R1 Adam correction, as the trainer
+uses them.
 
 Generator and discriminator are replaced by small recording stand-ins where a term's value must be known
 in closed form: a linear D(x) = Σ a·x has the input gradient a, so R1 through a linear blur and augment is
@@ -18,9 +19,18 @@ from torch import Tensor, nn
 
 from epigraf.config import ModelConfig
 from epigraf.nn.generator import Generator
-from epigraf.patches import PatchParams, extract_patches
+from epigraf.patches import PatchParams, extract_patches, sample_patch_params
+from epigraf.schedules import gpc_spoof_prob
+from epigraf.train.draws import (
+    FakeDraws,
+    IterationDraws,
+    RealBatch,
+    draw_fakes,
+    draw_iteration,
+    spoof_camera_angles,
+)
 from epigraf.train.loop import train, update_ema
-from epigraf.train.loss import PatchGANLoss, PhaseInputs, spoof_camera_angles
+from epigraf.train.loss import PatchGANLoss
 from epigraf.train.run_snapshots import latest_snapshot, load_state
 from test_checkpoint import tiny_model_config
 from test_train import make_dataset, options
@@ -98,18 +108,25 @@ class MaskAugment(nn.Module):
         return images * self.mask
 
 
-def phase_inputs(batch: int, seed: int = 0) -> PhaseInputs:
+def phase_inputs(batch: int, seed: int = 0, kimg: float = 0.0) -> IterationDraws:
+    """Draws of an iteration with an R1 phase: a real batch, and per phase its own z, cameras and patches."""
     g = torch.Generator().manual_seed(seed)
     angles = torch.stack([torch.rand(batch, generator=g) - 0.5, torch.full((batch,), 1.5), torch.zeros(batch)], 1)
-    return PhaseInputs(real=torch.rand(batch, 3, R, R, generator=g) * 2 - 1, real_c=torch.zeros(batch, 0),
-                       real_angles=angles, z=torch.randn(batch, 16, generator=g), fake_c=torch.zeros(batch, 0),
-                       fake_angles=angles.flip(0))
+    real = RealBatch(torch.rand(batch, 3, R, R, generator=g) * 2 - 1, torch.zeros(batch, 0), angles)
+
+    def patches() -> PatchParams:
+        return sample_patch_params(batch, tiny_model_config().patch, kimg, generator=g)
+
+    def fakes() -> FakeDraws:
+        cameras = angles[torch.randperm(batch, generator=g)]
+        return FakeDraws(torch.randn(batch, 16, generator=g), torch.zeros(batch, 0), cameras, cameras, patches())
+
+    return IterationDraws(real, fakes(), fakes(), patches(), patches())
 
 
 def make_loss(G: nn.Module, D: nn.Module, augment: nn.Module | None = None, gamma: float = 0.3,
               cfg: ModelConfig | None = None) -> PatchGANLoss:
-    return PatchGANLoss(cfg or tiny_model_config(), G, D, augment, gamma, blur_init_sigma=10.0,
-                        blur_fade_kimg=200.0, gpc_spoof_final=0.5, gpc_spoof_kimg=1000.0)
+    return PatchGANLoss(cfg or tiny_model_config(), G, D, augment, gamma, blur_init_sigma=10.0, blur_fade_kimg=200.0)
 
 
 # ----------------------------------------------------------------------------- R1
@@ -121,7 +138,9 @@ def test_r1_is_half_gamma_squared_input_gradient_through_blur_then_augment_times
     a, mask = torch.randn(3, r, r), torch.rand(3, r, r) + 0.5
     gamma, interval = 0.3, 16
     loss = make_loss(RecordingG(), LinearD(a), MaskAugment(mask), gamma=gamma)
-    value, stats = loss.r1_loss(phase_inputs(4), kimg, interval)
+    x = phase_inputs(4)
+    result = loss.r1_loss(x.real, x.dreg_real_patch, kimg, interval)
+    value, stats = result.loss, result.stats
     # D(aug(blur(x))) = Σ a·mask·(B x Bᵀ), so ∇x = Bᵀ (a·mask) B, the same for every sample.
     blur = dense_blur_matrix(10.0 * max(0.0, 1 - kimg / 200), r)
     grad = blur.T @ (a * mask) @ blur
@@ -135,8 +154,8 @@ def test_r1_penalty_is_differentiable_with_respect_to_d():
     a = torch.randn(3, r, r)
     D = LinearD(a.clone())
     loss = make_loss(RecordingG(), D, gamma=0.3)
-    value, _ = loss.r1_loss(phase_inputs(4), 400.0, 4)
-    value.backward()
+    x = phase_inputs(4)
+    loss.r1_loss(x.real, x.dreg_real_patch, 400.0, 4).loss.backward()
     torch.testing.assert_close(D.a.grad, 0.3 * 4 * a)
 
 
@@ -148,30 +167,52 @@ def test_d_phase_blurs_fake_and_real_patches_fading_with_kimg(kimg, sigma):
     torch.manual_seed(1)
     G, D = RecordingG(), LinearD(torch.randn(3, r, r))
     x = phase_inputs(4)
-    make_loss(G, D).discriminator_loss(x, kimg)
+    make_loss(G, D).discriminator_loss(x.dmain, x.real, x.dmain_real_patch, kimg)
     (fake_seen, pp_fake), (real_seen, pp_real) = D.calls
-    real_patch = extract_patches(x.real, pp_real, r)
+    real_patch = extract_patches(x.real.images, pp_real, r)
     torch.testing.assert_close(fake_seen, dense_blur(G.images[0], sigma), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(real_seen, dense_blur(real_patch, sigma), atol=1e-5, rtol=1e-5)
     if sigma >= 1 / 3:  # the blur must show, or the comparisons above prove nothing
         assert (fake_seen - G.images[0]).abs().max() > 0.05
 
 
-def test_fake_and_real_patches_have_independent_draws_and_d_sees_the_fakes_own():
-    torch.manual_seed(2)
+def test_each_phase_uses_its_own_draws_and_d_sees_the_fakes_own_patches():
     G, D = RecordingG(), LinearD(torch.randn(3, r, r))
     loss, x = make_loss(G, D), phase_inputs(8)
-    kimg = 20000.0  # β = 0.8: scales spread over [r/R, 1]
-    loss.discriminator_loss(x, kimg)
-    loss.r1_loss(x, kimg, 16)
-    (_, pp_fake), (real_seen, pp_real), (_, pp_r1) = D.calls
-    rendered = G.calls[0]["patch_params"]
-    assert torch.equal(pp_fake.scales, rendered.scales) and torch.equal(pp_fake.offsets, rendered.offsets)
-    for other in (pp_real, pp_r1):
-        assert not torch.equal(other.scales, pp_fake.scales) and not torch.equal(other.offsets, pp_fake.offsets)
-    assert not torch.equal(pp_r1.offsets, pp_real.offsets)  # R1 draws fresh real patches
-    torch.testing.assert_close(real_seen, extract_patches(x.real, pp_real, r))
-    assert pp_real.scales.min() < 0.9  # the draws really vary
+    kimg = 20000.0
+    loss.generator_loss(x.gall, kimg)
+    loss.discriminator_loss(x.dmain, x.real, x.dmain_real_patch, kimg)
+    loss.r1_loss(x.real, x.dreg_real_patch, kimg, 16)
+    (_, pp_g), (_, pp_fake), (real_seen, pp_real), (_, pp_r1) = D.calls
+    def same(a: list, b: list) -> bool:
+        return len(a) == len(b) and all(u is v for u, v in zip(a, b, strict=True))
+
+    assert same([call["patch_params"] for call in G.calls], [x.gall.patch, x.dmain.patch])
+    assert same([pp_g, pp_fake, pp_real, pp_r1], [x.gall.patch, x.dmain.patch, x.dmain_real_patch, x.dreg_real_patch])
+    assert same([call["camera_angles"] for call in G.calls], [x.gall.camera_angles, x.dmain.camera_angles])
+    torch.testing.assert_close(real_seen, extract_patches(x.real.images, pp_real, r))
+
+
+@pytest.mark.parametrize("with_r1", [False, True])
+def test_draw_iteration_gives_every_phase_fresh_z_cameras_and_patches(with_r1):
+    cfg = tiny_model_config()
+    real = phase_inputs(8).real
+    cameras = torch.randn(64, 3)
+
+    def conditioning(n: int) -> tuple[Tensor, Tensor]:
+        return torch.zeros(n, 0), cameras[torch.randint(64, (n,))]
+
+    torch.manual_seed(2)
+    x = draw_iteration(real, cfg, 20000.0, conditioning, spoof_p=0.5, with_r1=with_r1)  # β = 0.8: scales spread
+    assert x.real is real and (x.dreg_real_patch is not None) == with_r1
+    assert not torch.equal(x.gall.z, x.dmain.z) and not torch.equal(x.gall.camera_angles, x.dmain.camera_angles)
+    patches = [x.gall.patch, x.dmain.patch, x.dmain_real_patch] + ([x.dreg_real_patch] if with_r1 else [])
+    for i, a in enumerate(patches):
+        for b in patches[i + 1:]:
+            assert not torch.equal(a.scales, b.scales) and not torch.equal(a.offsets, b.offsets)
+    assert x.dmain_real_patch.scales.min() < 0.9  # the draws really vary
+    # Without GPC the conditioning camera is the rendering camera.
+    assert x.gall.camera_angles_cond is x.gall.camera_angles
 
 
 # ----------------------------------------------------------------------------- GPC spoofing
@@ -191,19 +232,22 @@ def test_spoofing_shifts_a_random_subset_cyclically():
 
 @pytest.mark.parametrize("kimg, p", [(0.0, 1.0), (500.0, 0.75), (1000.0, 0.5), (5000.0, 0.5)])
 def test_generator_is_conditioned_on_spoofed_poses_but_renders_the_true_ones(kimg, p):
+    cfg = dataclasses.replace(tiny_model_config(), generator=RecordingG(camera_cond=True).cfg)
+    cameras = torch.randn(4000, 3)
     torch.manual_seed(4)
-    G = RecordingG(camera_cond=True)
-    x = phase_inputs(4000)
-    make_loss(G, LinearD(torch.zeros(3, r, r))).generate(x, kimg)
-    call = G.calls[0]
-    assert torch.equal(call["camera_angles"], x.fake_angles)
-    changed = (call["camera_angles_cond"] != x.fake_angles).any(dim=1).float().mean().item()
+    fakes = draw_fakes(4000, cfg, kimg, lambda n: (torch.zeros(n, 0), cameras), gpc_spoof_prob(kimg, 0.5, 1000.0),
+                       torch.device("cpu"))
+    changed = (fakes.camera_angles_cond != cameras).any(dim=1).float().mean().item()
     assert abs(changed - p) < 4 * math.sqrt(0.25 / 4000) + 1e-3
+    G = RecordingG(camera_cond=True)
+    make_loss(G, LinearD(torch.zeros(3, r, r)), cfg=cfg).generate(fakes, kimg)
+    assert torch.equal(G.calls[0]["camera_angles"], cameras)
+    assert torch.equal(G.calls[0]["camera_angles_cond"], fakes.camera_angles_cond)
 
 
 def test_without_pose_conditioning_nothing_is_spoofed():
     G = RecordingG(camera_cond=False)
-    make_loss(G, LinearD(torch.zeros(3, r, r))).generate(phase_inputs(4), 0.0)
+    make_loss(G, LinearD(torch.zeros(3, r, r))).generate(phase_inputs(4).gall, 0.0)
     assert G.calls[0]["camera_angles_cond"] is None
 
 
@@ -217,14 +261,16 @@ def test_non_saturating_losses_and_their_signs():
     def softplus(t: Tensor) -> Tensor:
         return torch.log1p(torch.exp(t))
 
-    g_loss, g_stats = make_loss(RecordingG(), PresetD(fake)).generator_loss(phase_inputs(4), 0.0)
+    x = phase_inputs(4)
+    g = make_loss(RecordingG(), PresetD(fake)).generator_loss(x.gall, 0.0)
+    g_loss, g_stats = g.loss, g.stats
     torch.testing.assert_close(g_loss, softplus(-fake).mean())
     (d_fake,) = torch.autograd.grad(g_loss, fake)
     assert (d_fake < 0).all()  # G gains by raising its fakes' logits
     assert g_stats["scores/fake_G"] == pytest.approx(fake.mean().item())
 
-    d_loss, real_logits, d_stats = make_loss(RecordingG(), PresetD(fake, real)).discriminator_loss(
-        phase_inputs(4), 0.0)
+    d = make_loss(RecordingG(), PresetD(fake, real)).discriminator_loss(x.dmain, x.real, x.dmain_real_patch, 0.0)
+    d_loss, real_logits, d_stats = d.loss, d.real_logits, d.stats
     torch.testing.assert_close(d_loss, softplus(fake).mean() + softplus(-real).mean())
     d_fake, d_real = torch.autograd.grad(d_loss, (fake, real))
     assert (d_fake > 0).all() and (d_real < 0).all()  # D lowers fakes' logits and raises reals'
@@ -260,7 +306,7 @@ def initial_generator() -> Generator:
 @pytest.mark.parametrize("ema_kimg, rampup, expected_nimg", [
     (-1.0, None, 4 * 0.3125 * 1000),  # the default half-life: batch · 0.3125 kimg
     (1000.0, None, 1000 * 1000),
-    (1000.0, 0.05, 0.05 * 4),  # ramp-up: min(ema_kimg, 0.05 · images seen) after one batch of 4
+    (1000.0, 0.05, 1e-8),  # ramp-up: min(ema_kimg, 0.05 · images seen before the step), 0 at the first step
 ])
 def test_trainer_ema_uses_the_half_life_and_its_ramp_up(dataset_dir, ema_kimg, rampup, expected_nimg):
     # A large G step (every weight moves by ≈ g_lr) makes a 4 % change of the half-life visible in G_ema.
@@ -281,9 +327,9 @@ def test_trainer_runs_lazy_r1_every_interval_with_the_corrected_adam(dataset_dir
     calls = []
     r1_loss = PatchGANLoss.r1_loss
 
-    def recording_r1_loss(self, x, kimg, interval):
+    def recording_r1_loss(self, real, real_patch, kimg, interval):
         calls.append((kimg, interval))
-        return r1_loss(self, x, kimg, interval)
+        return r1_loss(self, real, real_patch, kimg, interval)
 
     monkeypatch.setattr(PatchGANLoss, "r1_loss", recording_r1_loss)
     opts = options(dataset_dir, kimg=0.012, tick_kimg=0.012, augment="none", metrics_ticks=0, r1_interval=2,

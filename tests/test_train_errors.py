@@ -3,6 +3,7 @@ trainer waiting, a failed snapshot leaves no half pair, a full disk is named as 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -187,9 +188,9 @@ def test_resuming_with_changed_options_warns_and_keeps_the_original_record(tmp_p
 def test_a_run_of_non_finite_steps_warns_then_stops_at_the_stated_limit(tmp_path, data, monkeypatch, caplog):
     real_loss = PatchGANLoss.generator_loss
 
-    def nan_loss(self, x, kimg):
-        loss, stats = real_loss(self, x, kimg)
-        return loss * math.nan, {**stats, "loss/G": math.nan}
+    def nan_loss(self, fake, kimg):
+        result = real_loss(self, fake, kimg)
+        return dataclasses.replace(result, loss=result.loss * math.nan, stats={**result.stats, "loss/G": math.nan})
 
     monkeypatch.setattr(PatchGANLoss, "generator_loss", nan_loss)
     with caplog.at_level(logging.WARNING, logger="epigraf.train.loop"), \

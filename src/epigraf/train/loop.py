@@ -19,7 +19,7 @@ import logging
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,7 @@ from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
 from epigraf.nn.state import load_state_strict
 from epigraf.process_settings import configure_cuda_for_training, ensure_denormals_flushed, trim_cpu_heap
-from epigraf.schedules import adam_settings_for_lazy_reg, blur_sigma, ema_beta, nerf_noise_std, patch_beta
+from epigraf.schedules import blur_sigma, ema_beta, gpc_spoof_prob, nerf_noise_std, patch_beta
 from epigraf.train import distributed
 from epigraf.train.augment import AdaptiveP, AugmentPipe
 from epigraf.train.data_feed import (
@@ -45,7 +45,8 @@ from epigraf.train.data_feed import (
     resolve_dataset,
     step_seed,
 )
-from epigraf.train.loss import PatchGANLoss, PhaseInputs
+from epigraf.train.draws import IterationDraws, RealBatch, draw_iteration
+from epigraf.train.loss import PatchGANLoss, PhaseResult
 from epigraf.train.options import TrainOptions
 from epigraf.train.run_log import RunLogger, create_run_dir, fid_feature_extractor
 from epigraf.train.run_snapshots import (
@@ -56,6 +57,7 @@ from epigraf.train.run_snapshots import (
     tensor_bytes,
     write_snapshot,
 )
+from epigraf.train.step import NONFINITE_GRADS, StepObserver, make_optimizers, replace_nonfinite_
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +86,25 @@ class InterruptFlag:
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: Tensor,
-                   env: distributed.DistEnv) -> bool:
-    """Backward, average gradients over ranks, and step only if the loss and every gradient are finite."""
+                   env: distributed.DistEnv, nonfinite_grads: str = "skip",
+                   before_step: Callable[[], None] | None = None) -> bool:
+    """Backward, average gradients over ranks, and step. Returns whether the loss and every gradient were finite.
+
+    With a non-finite one, ``nonfinite_grads`` "skip" leaves the weights untouched and "nan_to_num" (the
+    original's) steps with NaN → 0, ±inf → ±1e5. ``before_step`` is called with the final gradients in place."""
+    if nonfinite_grads not in NONFINITE_GRADS:
+        raise ValueError(f"nonfinite_grads must be one of {NONFINITE_GRADS}, got {nonfinite_grads!r}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     distributed.average_gradients(params, env)
     grads = [p.grad for p in params if p.grad is not None]
     finite = torch.isfinite(loss.detach()) & torch.stack([torch.isfinite(g).all() for g in grads]).all()
     finite = bool(distributed.all_reduce_mean(finite.float(), env) == 1)
-    if finite:
+    if nonfinite_grads == "nan_to_num" and not finite:
+        replace_nonfinite_(grads)
+    if finite or nonfinite_grads == "nan_to_num":
+        if before_step is not None:
+            before_step()
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return finite
@@ -116,36 +128,53 @@ def timed_phase(timings: dict[str, float] | None, name: str, device: torch.devic
     timings[f"{name}_cpu"] = timings.get(f"{name}_cpu", 0.0) + time.process_time() - cpu
 
 
-def training_step(loss: PatchGANLoss, x: PhaseInputs, kimg: float, step: int, G_opt: torch.optim.Optimizer,
+def training_step(loss: PatchGANLoss, draws: IterationDraws, kimg: float, step: int, G_opt: torch.optim.Optimizer,
                   D_opt: torch.optim.Optimizer, env: distributed.DistEnv, r1_interval: int,
-                  autocast: contextlib.AbstractContextManager, timings: dict[str, float] | None = None,
+                  autocast: contextlib.AbstractContextManager, timings: dict[str, float] | None = None, *,
+                  nonfinite_grads: str = "skip", observer: StepObserver | None = None,
                   ) -> tuple[bool, dict[str, float], Tensor]:
-    """One iteration's optimisation (docs/method.md §5.4): the G step, the D step, and on every ``r1_interval``-th step
-    the lazy R1 step. Returns (every step was finite, stats, the D step's real logits [b] for ADA).
-    ``timings``, when given, receives the wall seconds of the phases "G", "D" and "R1"."""
+    """One iteration's optimisation (docs/method.md §5.4), every random input from ``draws``: the G step ("Gall"),
+    the D step ("Dmain") and on every ``r1_interval``-th step the lazy R1 step ("Dreg", loss × r1_interval).
+    Returns (every step was finite, stats, the D step's real logits [b] for ADA). ``timings``, when given,
+    receives the wall seconds of the phases "G", "D" and "R1"; ``observer`` sees each phase's gradients and
+    step (the replay of the original's steps, tests/test_train_equivalence.py)."""
+    with_r1 = step % r1_interval == 0
+    if with_r1 != (draws.dreg_real_patch is not None):
+        raise ValueError(f"step {step} {'has' if with_r1 else 'has no'} lazy R1 phase (interval {r1_interval}) "
+                         f"but its draws {'lack' if with_r1 else 'have'} R1 real patches")
     G, D = loss.G, loss.D
     g_params, d_params = list(G.parameters()), list(D.parameters())
+
+    def step_phase(phase: str, module: nn.Module, opt: torch.optim.Optimizer, params: list[nn.Parameter],
+                   result: PhaseResult) -> bool:
+        hook = None if observer is None else (lambda: observer.before_step(phase, module, result))
+        finite = optimizer_step(opt, params, result.loss, env, nonfinite_grads, hook)
+        if observer is not None:
+            observer.after_step(phase, module)
+        return finite
+
     with timed_phase(timings, "G", env.device):
         G.requires_grad_(True)
         D.requires_grad_(False)
         with autocast:
-            g_loss, g_stats = loss.generator_loss(x, kimg)
-        ok = optimizer_step(G_opt, g_params, g_loss, env)
+            g = loss.generator_loss(draws.gall, kimg)
+        ok = step_phase("Gall", G, G_opt, g_params, g)
     with timed_phase(timings, "D", env.device):
         G.requires_grad_(False)
         D.requires_grad_(True)
         with autocast:
-            d_loss, real_logits, d_stats = loss.discriminator_loss(x, kimg)
-        ok &= optimizer_step(D_opt, d_params, d_loss, env)
-    if step % r1_interval == 0:
+            d = loss.discriminator_loss(draws.dmain, draws.real, draws.dmain_real_patch, kimg)
+        ok &= step_phase("Dmain", D, D_opt, d_params, d)
+    stats = {**g.stats, **d.stats}
+    if with_r1:
         with timed_phase(timings, "R1", env.device):
             with autocast:
-                r1_loss, r1_stats = loss.r1_loss(x, kimg, r1_interval)
-            ok &= optimizer_step(D_opt, d_params, r1_loss, env)
-        d_stats.update(r1_stats)
+                r1 = loss.r1_loss(draws.real, draws.dreg_real_patch, kimg, r1_interval)
+            ok &= step_phase("Dreg", D, D_opt, d_params, r1)
+        stats.update(r1.stats)
     if env.device.type == "cpu":
         trim_cpu_heap(min_free_bytes=HEAP_TRIM_BYTES)
-    return ok, {**g_stats, **d_stats}, real_logits
+    return ok, stats, d.real_logits
 
 
 @torch.no_grad()
@@ -213,10 +242,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     augment = AugmentPipe().to(device) if opts.augment == "ada" else None
     ada = AdaptiveP(opts.ada_target, opts.ada_interval, opts.ada_kimg, batch_size) if augment is not None else None
-    g_params, d_params = list(G.parameters()), list(D.parameters())
-    G_opt = torch.optim.Adam(g_params, lr=opts.g_lr, betas=(0.0, 0.99), eps=1e-8)
-    d_lr, d_betas = adam_settings_for_lazy_reg(opts.d_lr, (0.0, 0.99), opts.r1_interval)
-    D_opt = torch.optim.Adam(d_params, lr=d_lr, betas=d_betas, eps=1e-8)
+    G_opt, D_opt = make_optimizers(G, D, opts.g_lr, opts.d_lr, opts.r1_interval)
 
     step, cur_nimg, cur_tick, skipped = 0, 0, 0, 0
     if resume is not None:
@@ -252,8 +278,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
         G.compile()
         D.compile()
 
-    loss = PatchGANLoss(cfg, G, D, augment, cfg.r1_gamma, opts.blur_init_sigma, opts.blur_fade_kimg,
-                        opts.gpc_spoof_final, opts.gpc_spoof_kimg)
+    loss = PatchGANLoss(cfg, G, D, augment, cfg.r1_gamma, opts.blur_init_sigma, opts.blur_fade_kimg)
     reals = cleanup.enter_context(real_batch_iterator(dataset, batch_gpu, opts, env.rank, step))
     ema_kimg = opts.ema_kimg if opts.ema_kimg >= 0 else batch_size * 0.3125
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
@@ -270,18 +295,20 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
         kimg = cur_nimg / 1000
         torch.manual_seed(step_seed(opts.seed, env.rank, step))
         images, real_angles, real_c = next(reals)
-        z = torch.randn(batch_gpu, cfg.generator.z_dim, device=device)
-        fake_c, fake_angles = fake_conditioning(dataset, cfg, batch_gpu, device)
-        x = PhaseInputs(
-            real=images.to(device).float() / 127.5 - 1, real_c=real_c.to(device)[:, : cfg.generator.c_dim],
-            real_angles=real_angles.to(device), z=z, fake_c=fake_c, fake_angles=fake_angles,
-        )
+        real = RealBatch(images.to(device).float() / 127.5 - 1, real_c.to(device)[:, : cfg.generator.c_dim],
+                         real_angles.to(device))
+        # Each phase its own z, labels, cameras, GPC cameras and patches, as the original (docs/method.md §5.4).
+        draws = draw_iteration(real, cfg, kimg, lambda n: fake_conditioning(dataset, cfg, n, device),
+                               spoof_p=gpc_spoof_prob(kimg, opts.gpc_spoof_final, opts.gpc_spoof_kimg),
+                               with_r1=step % opts.r1_interval == 0)
 
-        ok, step_stats, real_logits = training_step(loss, x, kimg, step, G_opt, D_opt, env, opts.r1_interval,
-                                                    autocast)
+        ok, step_stats, real_logits = training_step(loss, draws, kimg, step, G_opt, D_opt, env, opts.r1_interval,
+                                                    autocast, nonfinite_grads=opts.nonfinite_grads)
         if env.enabled:
             G.mapping.w_avg.copy_(distributed.all_reduce_mean(G.mapping.w_avg, env))
 
+        # The EMA's ramp-up counts the images seen before this step, as the original's (docs/method.md §5.5).
+        beta = ema_beta(batch_size, cur_nimg, ema_kimg, opts.ema_rampup)
         cur_nimg += batch_size
         step += 1
         skipped += not ok
@@ -290,7 +317,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
             raise ValueError(f"training diverged: the last {skipped_in_a_row} steps (to step {step}) all had a "
                              "non-finite loss or gradient and were skipped; lower --g-lr/--d-lr or resume from "
                              "an earlier snapshot (limit: --max-skipped-in-a-row)")
-        update_ema(G_ema, G, ema_beta(batch_size, cur_nimg, ema_kimg, opts.ema_rampup))
+        update_ema(G_ema, G, beta)
         if ada is not None:
             ada.observe(distributed.all_gather_cat(real_logits, env))
             augment.p.fill_(ada.step(float(augment.p)))

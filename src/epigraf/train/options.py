@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from epigraf.config import PRESETS
+from epigraf.train.step import NONFINITE_GRADS
 
 
 def option(default: Any, help: str) -> Any:
@@ -106,6 +107,10 @@ class TrainOptions:
     max_skipped_in_a_row: int = option(
         100, "stop with an error once this many consecutive steps were skipped as non-finite; 0 = never"
     )
+    nonfinite_grads: str = option(
+        "skip", "a step with a non-finite loss or gradient: skip (weights untouched) or nan_to_num (the original's: "
+                "NaN → 0, ±inf → ±1e5, then step; such steps still count towards --max-skipped-in-a-row)"
+    )
     device: str = option("auto", "auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU)")
     workers: int = option(2, "data-loading processes")
     bf16: bool = option(False, "bfloat16 autocast for G and D forward passes (GPU)")
@@ -132,6 +137,9 @@ class TrainOptions:
             raise ValueError("--r1-interval and --ada-interval must be ≥ 1")
         if self.resume is not None and self.transfer is not None:
             raise ValueError("--resume (full training state) and --transfer (weights only) are exclusive")
+        if self.nonfinite_grads not in NONFINITE_GRADS:
+            raise ValueError(f"--nonfinite-grads must be one of {', '.join(NONFINITE_GRADS)}, got "
+                             f"{self.nonfinite_grads!r}")
         if self.max_skipped_in_a_row < 0:
             raise ValueError(f"--max-skipped-in-a-row must be ≥ 0, got {self.max_skipped_in_a_row}")
         if self.force and self.resume is not None:
