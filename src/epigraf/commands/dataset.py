@@ -1,4 +1,5 @@
-"""``epigraf dataset convert | check | info``: bring your own images with camera poses (docs/method.md §6, §13)."""
+"""``epigraf dataset convert | check | info | faces``: bring your own images with camera poses (docs/method.md §6,
+§13)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 from epigraf.cameras import CAMERA_DISTRIBUTIONS
 from epigraf.cameras.formats import WORLDS
 from epigraf.commands.dataset_builtin import register_builtin
+from epigraf.commands.dataset_faces import register_faces
 from epigraf.config import PRESETS, CameraConfig, ModelConfig, preset
 from epigraf.data.camera_check import check_camera
 from epigraf.data.convert import BACKGROUNDS, ConvertOptions, ConvertResult, convert_dataset
@@ -80,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("--headers-only", action="store_true",
                    help="read image headers only (fast) instead of decoding every image")
     k.set_defaults(func=run_check)
+    register_faces(sub, k)
 
     i = sub.add_parser("info", help="counts, labels, pose statistics and pictures of a dataset")
     i.add_argument("path", type=Path, help="dataset folder or zip")

@@ -10,7 +10,8 @@ Per image, under ``--out/<image name>/``:
     generator.safetensors    with --pti-steps: the tuned generator, a checkpoint every command accepts
 
 The model expects photos framed like its training data (faces: FFHQ-style aligned crops); a non-square photo is
-an error unless --fit center-crop or --fit resize is given.
+an error unless --fit center-crop or --fit resize is given. --align crops faces as ``epigraf dataset faces`` does
+and starts the camera at the pose estimated from the landmarks (``epigraf.faces``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from epigraf.cameras.paths import PATHS, camera_path
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
@@ -32,10 +34,11 @@ from epigraf.data.sources import image_key, match_keys
 from epigraf.export.images import depth_to_uint8, save_png, to_uint8
 from epigraf.export.mesh import MESH_FORMATS, save_mesh
 from epigraf.export.video import resolve_format, video_path, write_video
+from epigraf.faces import FaceDetector, align_face
 from epigraf.geometry import extract_geometry
 from epigraf.inference import depth_normals, render_all, render_batches
 from epigraf.invert import Inversion, InversionConfig, find_perceptual, invert, load_target, save_latent
-from epigraf.invert.target import FITS
+from epigraf.invert.target import FITS, pil_to_tensor, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     camera.add_argument("--search-batch", type=int, default=d.search_batch,
                         help="search candidates fitted together (lower it to save memory: ffhq256 at 7 needs "
                              "~13 GB on the CPU)")
+    p.add_argument("--align", action="store_true",
+                   help="detect the largest face, crop it FFHQ-style at the model's resolution (as `epigraf dataset "
+                        "faces`) and start the camera at the pose its landmarks give, refined with the latent "
+                        "(needs: pip install --no-deps facenet-pytorch)")
     p.add_argument("--fit", choices=FITS, default="none",
                    help="non-square photos: center-crop or resize them to a square (with a framing warning)")
     p.add_argument("--pti-steps", type=int, default=d.pti_steps,
@@ -121,6 +128,21 @@ def dataset_camera(json_path: Path, image: Path) -> torch.Tensor:
     return torch.from_numpy(parsed.values[entries[0]]).float()[None]
 
 
+def aligned_target(detector: FaceDetector, path: Path, resolution: int,
+                   white_background: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A photo → its largest face's FFHQ crop [1, 3, R, R] in [−1, 1] and the camera its landmarks give [1, 3]."""
+    try:
+        with Image.open(path) as opened:
+            photo = np.asarray(to_rgb(opened, path.name, white_background))
+    except OSError as err:
+        raise ValueError(f"{path} is not a readable image: {err}") from err
+    aligned = align_face(detector, photo, resolution, path.name)
+    yaw, pitch, _ = aligned.pose.angles
+    log.info("%s: face aligned (%.0f %% of the crop outside the photo); starting camera yaw %.3f, pitch %.3f from "
+             "its landmarks", path.name, 100 * aligned.outside, yaw, pitch)
+    return pil_to_tensor(Image.fromarray(aligned.image)), torch.from_numpy(aligned.pose.angles).float()[None]
+
+
 def given_camera(args: argparse.Namespace, image: Path) -> torch.Tensor | None:
     """The camera the user gave for ``image`` ([1, 3]), or None to estimate it."""
     if args.camera_json is not None:
@@ -155,6 +177,8 @@ def write_outputs(result: Inversion, target: torch.Tensor, before: torch.Tensor 
 def check_args(args: argparse.Namespace) -> None:
     if args.camera_json is not None and (args.yaw is not None or args.pitch is not None):
         raise ValueError("give the camera either as --yaw/--pitch or as --camera-json, not both")
+    if args.align and args.fit != "none":
+        raise ValueError("--align crops the photo around the face itself; drop --fit")
     if args.frames < 1:
         raise ValueError(f"--frames must be ≥ 1, got {args.frames}")
     if args.mesh_resolution < 2:
@@ -175,17 +199,23 @@ def run(args: argparse.Namespace) -> int:
                              search_batch=args.search_batch,
                              pti_steps=args.pti_steps, pti_lr=args.pti_lr, locality_weight=args.locality_weight)
     fmt = resolve_format(args.format)  # before the slow part: a missing video extra fails fast
+    detector = FaceDetector() if args.align else None  # as fast: missing face weights
     checkpoint = load_checkpoint(args.checkpoint, args.device)
     G = checkpoint.G_ema
     perceptual = None if args.no_perceptual else find_perceptual(args.perceptual_weights, args.device)
     progress = sys.stderr.isatty()
     for image in args.images:
-        target = load_target(image, G.cfg.image_resolution, args.fit, G.cfg.render.white_back)
-        angles = given_camera(args, image)
-        result = invert(G, target.to(args.device), config, angles, perceptual, progress)
+        angles, start = given_camera(args, image), None
+        if detector is not None:
+            target, start = aligned_target(detector, image, G.cfg.image_resolution, G.cfg.render.white_back)
+        else:
+            target = load_target(image, G.cfg.image_resolution, args.fit, G.cfg.render.white_back)
+        refine_from = angles is None and start is not None  # a given camera stays fixed, even with --align
+        result = invert(G, target.to(args.device), config, start if refine_from else angles, perceptual, progress,
+                        refine_camera=refine_from)
         yaw, pitch = result.latent.cameras.angles[0, :2].tolist()
-        log.info("%s: PSNR %.2f dB at yaw %.3f, pitch %.3f (%s)%s", image.name, result.psnr, yaw, pitch,
-                 "given" if angles is not None else "estimated",
+        how = "given" if angles is not None else "refined from the face's pose" if refine_from else "estimated"
+        log.info("%s: PSNR %.2f dB at yaw %.3f, pitch %.3f (%s)%s", image.name, result.psnr, yaw, pitch, how,
                  f"; after pivotal tuning {result.psnr_tuned:.2f} dB" if config.pti_steps else "")
         out = args.out / image.stem
         result.latent.metadata["image"] = str(image)

@@ -2,6 +2,7 @@
 
     result = invert(G, target)                                  # target [1, 3, R, R] in [−1, 1]
     result = invert(G, target, angles=torch.tensor([[0.3, 1.5, 0.0]]))   # a known camera is kept fixed
+    result = invert(G, target, angles=start, refine_camera=True)          # ... or a starting camera, refined
     out = result.generator.render(result.generator.synthesize(result.latent.ws), result.latent.cameras)
 
 A multi-start search (``camera_search``) fits many (view, starting latent) pairs briefly: views from a grid
@@ -66,8 +67,10 @@ def multi_start(fit: LatentFit, views: Tensor, config: InversionConfig, refine_c
 
 
 def invert(G: Generator, target: Tensor, config: InversionConfig | None = None, angles: Tensor | None = None,
-           perceptual: InceptionPerceptual | None = None, progress: bool = False) -> Inversion:
-    """Fit a latent to ``target`` [1, 3, R, R] (values in [−1, 1]); ``angles`` [1, 3] fixes the camera.
+           perceptual: InceptionPerceptual | None = None, progress: bool = False,
+           refine_camera: bool = False) -> Inversion:
+    """Fit a latent to ``target`` [1, 3, R, R] (values in [−1, 1]); ``angles`` [1, 3] fixes the camera, or with
+    ``refine_camera`` is where the camera starts (no search grid) and is refined with the latent.
 
     The fit runs at ``config.resolution`` (default: the model's image resolution); the target is resized to it.
     """
@@ -76,8 +79,8 @@ def invert(G: Generator, target: Tensor, config: InversionConfig | None = None, 
     target = _checked_target(G, target, resolution)
     work = copy.deepcopy(G).eval()
     fit = LatentFit(work, target, config, perceptual)
-    refine = angles is None
-    if refine:
+    refine = angles is None or refine_camera
+    if angles is None:
         views = candidate_angles(G.cfg.camera, config.search_yaws, config.search_pitches, config.search_span)
         _, angles = multi_start(fit, views.to(target.device), config, refine, resolution, progress)
         log.info("camera search: yaw %.3f, pitch %.3f", angles[0, 0].item(), angles[0, 1].item())
