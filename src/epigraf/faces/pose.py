@@ -10,7 +10,7 @@ means, so absolute pitch is uncertain by several degrees (a nose tip 5 mm higher
 **Solver.** The landmarks u [5, 2] (pixels, y down) are modelled as u = s · P R X(δ) + t with R the head's
 rotation (head axes → camera axes), P = [[1, 0, 0], [0, −1, 0]] the orthographic projection flipping y, s a
 scale, t [2] a translation, and X(δ) the template with its mouth corners raised by δ mm: one expression
-parameter, because a smile lifts the corners by up to about a centimetre, which a rigid template would read as
+parameter, because a smile lifts the corners by a centimetre or more, which a rigid template would read as
 the camera looking down on the face (the astronaut test photo: 20° of pitch rigidly, level with δ). The 11
 residuals are the 10 landmark errors divided by 3 % of the eye distance (MTCNN's typical error) and δ / 6 mm
 (its prior); they are minimised by Levenberg–Marquardt (``scipy.optimize.least_squares``, method "lm") over the
