@@ -1,4 +1,4 @@
-"""Face geometry without the detector (epigraf.faces.pose, align, detector.nms): the pose solver on synthetic
+"""Face geometry without the detector (epigraf.faces.head_pose, align, detector.nms): the pose solver on synthetic
 landmarks, its camera convention against the generator's, the FFHQ alignment rule, and NMS."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from epigraf.cameras import cam2world_matrices
 from epigraf.faces import FACE_TEMPLATE, Alignment, crop_aligned, estimate_pose, ffhq_alignment
 from epigraf.faces.align import outside_fraction
-from epigraf.faces.detector import area_weights, nms
-from epigraf.faces.pose import HEAD_TO_WORLD, camera_angles, project, rotation_from_camera_angles, shifted_template
+from epigraf.faces.detector import nms
+from epigraf.faces.head_pose import HEAD_TO_WORLD, camera_angles, project, rotation_from_camera_angles, shifted_template
 
 # Landmarks at an FFHQ-like 256² crop's scale: eye distance 64 px.
 SCALE = 64 / 62
@@ -158,8 +158,3 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
     assert nms(boxes, scores, 0.5, by_min=True).tolist() == [3, 2]  # ... but fully by the smaller area
     assert nms(boxes[:0], scores[:0], 0.5).numel() == 0
 
-
-def test_area_weights_average_and_conserve():
-    w = area_weights(10, 4)
-    np.testing.assert_allclose(w.sum(dim=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(w[0, :3], [0.4, 0.4, 0.2], atol=1e-6)

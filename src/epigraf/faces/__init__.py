@@ -6,11 +6,11 @@
 """
 
 from epigraf.faces.align import Alignment, crop_aligned, ffhq_alignment
-from epigraf.faces.dataset import FaceDataset, build_face_dataset
 from epigraf.faces.detector import LANDMARK_NAMES, DetectorConfig, Face, FaceDetector, NoFaceError
+from epigraf.faces.face_dataset import FaceDataset, build_face_dataset
+from epigraf.faces.head_pose import FACE_TEMPLATE, HeadPose, camera_angles, estimate_pose
 from epigraf.faces.nets import INSTALL_HINT, FaceWeightsMissing
 from epigraf.faces.photo import AlignedFace, align_face, photo_array
-from epigraf.faces.pose import FACE_TEMPLATE, HeadPose, camera_angles, estimate_pose
 
 __all__ = [
     "FACE_TEMPLATE", "INSTALL_HINT", "LANDMARK_NAMES", "AlignedFace", "Alignment", "DetectorConfig", "Face",

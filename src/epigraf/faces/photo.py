@@ -14,7 +14,7 @@ from PIL import Image
 
 from epigraf.faces.align import Alignment, crop_aligned, ffhq_alignment, outside_fraction
 from epigraf.faces.detector import Face, FaceDetector
-from epigraf.faces.pose import HeadPose, estimate_pose
+from epigraf.faces.head_pose import HeadPose, estimate_pose
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Photos → a posed face dataset: FFHQ-aligned crops in a zip with ``dataset.json`` (docs/cameras.md, "Faces").
 
-``dataset.json`` holds ``camera_angles`` (our convention, from ``pose.estimate_pose``) and ``camera``: the FFHQ
+``dataset.json`` holds ``camera_angles`` (our convention, from ``head_pose.estimate_pose``) and ``camera``: the FFHQ
 presets' fov and radius, the camera the crops are framed for. Photos that cannot be read or show no face are
 skipped with their reasons; every kept photo's detection is returned for the report. The zip is written to a
 temporary file and renamed, so a failed run leaves nothing behind.

@@ -11,17 +11,17 @@ means, so absolute pitch is uncertain by several degrees (a nose tip 5 mm higher
 rotation (head axes → camera axes), P = [[1, 0, 0], [0, −1, 0]] the orthographic projection flipping y, s a
 scale, t [2] a translation, and X(δ) the template with its mouth corners raised by δ mm: one expression
 parameter, because a smile lifts the corners by a centimetre or more, which a rigid template would read as
-the camera looking down on the face (the astronaut test photo: 20° of pitch rigidly, level with δ). The 11
+the camera looking down on the face (the astronaut test photo: 30° of pitch rigidly, level with δ). The 11
 residuals are the 10 landmark errors divided by 3 % of the eye distance (MTCNN's typical error) and δ / 6 mm
 (its prior); they are minimised by Levenberg–Marquardt (``scipy.optimize.least_squares``, method "lm") over the
 rotation vector of R, log s, t and δ, started from three yaws (−45°, 0, 45°) with scale and translation from the
 eyes; the lowest cost wins. Weak perspective ignores the photo's unknown focal length, a good model for
-portraits whose head is far from the camera relative to its depth (and the FFHQ presets' 12° camera up to 1 %).
+portraits whose head is far from the camera relative to its depth (the FFHQ presets' 12° camera is nearly so).
 
 **Camera angles.** Our FFHQ world (docs/cameras.md) keeps the head fixed, face towards +x, up +y, and moves
 the camera: head axes (X, Y, Z) = world (−z, y, x). A camera that sees the head rotated by R has
 cam2world rotation C = A Rᵀ with A the head → world map, so its yaw, pitch (from +y) and roll follow from C as
-for any cam2world matrix (``camera_formats.cam2world_to_angles``). Positive yaw: the nose points to the
+for any cam2world matrix (``cameras.conventions.cam2world_to_angles``). Positive yaw: the nose points to the
 image's right (the subject turned to their left); pitch below π/2: the camera looks down on the face; the
 mirror image has the negated yaw.
 """
@@ -35,7 +35,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
-from epigraf.camera_formats import cam2world_to_angles
+from epigraf.cameras.conventions import cam2world_to_angles
 
 # Rows: left eye, right eye, nose tip, left mouth corner, right mouth corner (as seen in a frontal image), mm.
 FACE_TEMPLATE = np.array([
