@@ -36,6 +36,52 @@ PHASES = ("G", "D", "R1", "EMA", "iteration")
 ORIGINAL_B4 = {"G": 38.4, "D": 13.3, "R1": 3.5, "iteration": 62.7}
 
 
+def build(preset_name: str, batch: int, r1_interval: int, device):
+    """The training step's pieces as ``train()`` builds them: (loss, G_opt, D_opt, env, G_ema, fresh_inputs), where
+    ``fresh_inputs()`` draws a new PhaseInputs (smooth random reals, new z, new cameras). Also used by
+    ``profile_loop.py``."""
+    import torch
+    import torch.nn.functional as F
+
+    from epigraf.config import preset
+    from epigraf.nn.discriminator import Discriminator
+    from epigraf.nn.generator import Generator
+    from epigraf.process_settings import configure_cuda_for_training
+    from epigraf.schedules import adam_settings_for_lazy_reg
+    from epigraf.train.augment import AugmentPipe
+    from epigraf.train.distributed import DistEnv
+    from epigraf.train.loss import PatchGANLoss, PhaseInputs
+
+    if device.type == "cuda":
+        configure_cuda_for_training()
+    torch.manual_seed(0)
+    cfg = preset(preset_name)
+    G = Generator(cfg.generator).to(device).train()
+    G_ema = Generator(cfg.generator).to(device).eval().requires_grad_(False)
+    G_ema.load_state_dict(G.state_dict())
+    D = Discriminator(cfg.discriminator).to(device).train()
+    loss = PatchGANLoss(cfg, G, D, AugmentPipe().to(device), cfg.r1_gamma, 10.0, 200.0, 0.5, 1000.0)
+    G_opt = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99), eps=1e-8)
+    d_lr, d_betas = adam_settings_for_lazy_reg(0.002, (0.0, 0.99), r1_interval)
+    D_opt = torch.optim.Adam(D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8)
+    env = DistEnv(0, 1, device)
+    b, R, c_dim = batch, cfg.generator.image_resolution, cfg.generator.c_dim
+
+    def fresh_inputs() -> PhaseInputs:
+        real = F.interpolate(torch.rand(b, 3, 16, 16, device=device) * 2 - 1, size=(R, R), mode="bilinear",
+                             align_corners=True)
+
+        def cameras() -> torch.Tensor:
+            yaw, pitch = torch.randn(b, device=device) * 0.3, 1.5708 + torch.randn(b, device=device) * 0.15
+            return torch.stack([yaw, pitch, torch.zeros_like(yaw)], dim=1)
+
+        return PhaseInputs(real=real, real_c=torch.zeros(b, c_dim, device=device), real_angles=cameras(),
+                           z=torch.randn(b, cfg.generator.z_dim, device=device),
+                           fake_c=torch.zeros(b, c_dim, device=device), fake_angles=cameras())
+
+    return loss, G_opt, D_opt, env, G_ema, fresh_inputs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="ffhq256")
@@ -57,46 +103,13 @@ def main() -> None:
     tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
 
     import torch
-    import torch.nn.functional as F
     from machine import device_name
 
-    from epigraf.config import preset
-    from epigraf.nn.discriminator import Discriminator
-    from epigraf.nn.generator import Generator
-    from epigraf.process_settings import configure_cuda_for_training
-    from epigraf.schedules import adam_settings_for_lazy_reg, ema_beta
-    from epigraf.train.augment import AugmentPipe
-    from epigraf.train.distributed import DistEnv
-    from epigraf.train.loop import timed_phase, training_step, update_ema
-    from epigraf.train.loss import PatchGANLoss, PhaseInputs
-
     device = torch.device(args.device)
-    if device.type == "cuda":
-        configure_cuda_for_training()
-    torch.manual_seed(0)
-    cfg = preset(args.preset)
-    G = Generator(cfg.generator).to(device).train()
-    G_ema = Generator(cfg.generator).to(device).eval().requires_grad_(False)
-    G_ema.load_state_dict(G.state_dict())
-    D = Discriminator(cfg.discriminator).to(device).train()
-    loss = PatchGANLoss(cfg, G, D, AugmentPipe().to(device), cfg.r1_gamma, 10.0, 200.0, 0.5, 1000.0)
-    G_opt = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99), eps=1e-8)
-    d_lr, d_betas = adam_settings_for_lazy_reg(0.002, (0.0, 0.99), args.r1_interval)
-    D_opt = torch.optim.Adam(D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8)
-    env = DistEnv(0, 1, device)
-    b, R, c_dim = args.batch, cfg.generator.image_resolution, cfg.generator.c_dim
-
-    def fresh_inputs() -> PhaseInputs:
-        real = F.interpolate(torch.rand(b, 3, 16, 16, device=device) * 2 - 1, size=(R, R), mode="bilinear",
-                             align_corners=True)
-
-        def cameras() -> torch.Tensor:
-            yaw, pitch = torch.randn(b, device=device) * 0.3, 1.5708 + torch.randn(b, device=device) * 0.15
-            return torch.stack([yaw, pitch, torch.zeros_like(yaw)], dim=1)
-
-        return PhaseInputs(real=real, real_c=torch.zeros(b, c_dim, device=device), real_angles=cameras(),
-                           z=torch.randn(b, cfg.generator.z_dim, device=device),
-                           fake_c=torch.zeros(b, c_dim, device=device), fake_angles=cameras())
+    loss, G_opt, D_opt, env, G_ema, fresh_inputs = build(args.preset, args.batch, args.r1_interval, device)
+    b = args.batch
+    from epigraf.schedules import ema_beta
+    from epigraf.train.loop import timed_phase, training_step, update_ema
 
     records = []
     cur_nimg = 0
@@ -108,7 +121,7 @@ def main() -> None:
                                          contextlib.nullcontext(), timings)
             cur_nimg += b
             with timed_phase(timings, "EMA", device):
-                update_ema(G_ema, G, ema_beta(b, cur_nimg, b * 0.3125))
+                update_ema(G_ema, loss.G, ema_beta(b, cur_nimg, b * 0.3125))
         records.append({"step": step, "finite": ok, **{f"{k}_s": v for k, v in timings.items()},
                         "scores_fake": stats["scores/fake"], "scores_real": stats["scores/real"],
                         "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
