@@ -83,6 +83,19 @@ class InterruptFlag:
             signal.signal(sig, handler)
 
 
+def nonfinite_flag(tensors: list[Tensor]) -> Tensor:
+    """A 0-d float tensor, 1 if any of ``tensors`` holds a NaN or an infinity, else 0.
+
+    torch's fused multi-tensor check (the one AMP's grad scaler uses, here with scale 1, which leaves every value as
+    it is) reads each tensor once; ``isfinite(g).all()`` per tensor makes four passes and a temporary per tensor.
+    On CPUs, ffhq256's D (27 M parameters): 212 ms against 884 (benchmarks/RESULTS.md, "Where the time goes").
+    """
+    found = torch.zeros((), device=tensors[0].device) if tensors else torch.zeros(())
+    if tensors:
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones((), device=found.device))
+    return found.bool()
+
+
 def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: Tensor,
                    env: distributed.DistEnv) -> bool:
     """Backward, average gradients over ranks, and step only if the loss and every gradient are finite."""
@@ -90,7 +103,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     loss.backward()
     distributed.average_gradients(params, env)
     grads = [p.grad for p in params if p.grad is not None]
-    finite = torch.isfinite(loss.detach()) & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+    finite = torch.isfinite(loss.detach()) & ~nonfinite_flag(grads)
     finite = bool(distributed.all_reduce_mean(finite.float(), env) == 1)
     if finite:
         optimizer.step()
