@@ -36,6 +36,51 @@ PHASES = ("G", "D", "R1", "EMA", "iteration")
 ORIGINAL_B4 = {"G": 38.4, "D": 13.3, "R1": 3.5, "iteration": 62.7}
 
 
+def build(preset_name: str, batch: int, r1_interval: int, device):
+    """The training step's pieces as ``train()`` builds them: (loss, G_opt, D_opt, env, G_ema, fresh_inputs), where
+    ``fresh_inputs(step, kimg)`` draws a new iteration (smooth random reals, and per phase its own z, cameras and
+    patches, as train() draws them). Also used by ``profile_loop.py``."""
+    import torch
+    import torch.nn.functional as F
+
+    from epigraf.config import preset
+    from epigraf.nn.discriminator import Discriminator
+    from epigraf.nn.generator import Generator
+    from epigraf.process_settings import configure_cuda_for_training
+    from epigraf.train.augment import AugmentPipe
+    from epigraf.train.distributed import DistEnv
+    from epigraf.train.draws import IterationDraws, RealBatch, draw_iteration
+    from epigraf.train.loss import PatchGANLoss
+    from epigraf.train.step import make_optimizers
+
+    if device.type == "cuda":
+        configure_cuda_for_training()
+    torch.manual_seed(0)
+    cfg = preset(preset_name)
+    G = Generator(cfg.generator).to(device).train()
+    G_ema = Generator(cfg.generator).to(device).eval().requires_grad_(False)
+    G_ema.load_state_dict(G.state_dict())
+    D = Discriminator(cfg.discriminator).to(device).train()
+    loss = PatchGANLoss(cfg, G, D, AugmentPipe().to(device), cfg.r1_gamma, 10.0, 200.0)
+    G_opt, D_opt = make_optimizers(G, D, 0.0025, 0.002, r1_interval)
+    env = DistEnv(0, 1, device)
+    b, R, c_dim = batch, cfg.generator.image_resolution, cfg.generator.c_dim
+
+    def fresh_inputs(step: int, kimg: float) -> IterationDraws:
+        real = F.interpolate(torch.rand(b, 3, 16, 16, device=device) * 2 - 1, size=(R, R), mode="bilinear",
+                             align_corners=True)
+
+        def cameras(n: int) -> torch.Tensor:
+            yaw, pitch = torch.randn(n, device=device) * 0.3, 1.5708 + torch.randn(n, device=device) * 0.15
+            return torch.stack([yaw, pitch, torch.zeros_like(yaw)], dim=1)
+
+        return draw_iteration(RealBatch(real, torch.zeros(b, c_dim, device=device), cameras(b)), cfg, kimg,
+                              lambda n: (torch.zeros(n, c_dim, device=device), cameras(n)), spoof_p=1.0,
+                              with_r1=step % r1_interval == 0)
+
+    return loss, G_opt, D_opt, env, G_ema, fresh_inputs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="ffhq256")
@@ -57,47 +102,14 @@ def main() -> None:
     tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
 
     import torch
-    import torch.nn.functional as F
     from machine import device_name
 
-    from epigraf.config import preset
-    from epigraf.nn.discriminator import Discriminator
-    from epigraf.nn.generator import Generator
-    from epigraf.process_settings import configure_cuda_for_training
     from epigraf.schedules import ema_beta
-    from epigraf.train.augment import AugmentPipe
-    from epigraf.train.distributed import DistEnv
-    from epigraf.train.draws import IterationDraws, RealBatch, draw_iteration
     from epigraf.train.loop import timed_phase, training_step, update_ema
-    from epigraf.train.loss import PatchGANLoss
-    from epigraf.train.step import make_optimizers
 
     device = torch.device(args.device)
-    if device.type == "cuda":
-        configure_cuda_for_training()
-    torch.manual_seed(0)
-    cfg = preset(args.preset)
-    G = Generator(cfg.generator).to(device).train()
-    G_ema = Generator(cfg.generator).to(device).eval().requires_grad_(False)
-    G_ema.load_state_dict(G.state_dict())
-    D = Discriminator(cfg.discriminator).to(device).train()
-    loss = PatchGANLoss(cfg, G, D, AugmentPipe().to(device), cfg.r1_gamma, 10.0, 200.0)
-    G_opt, D_opt = make_optimizers(G, D, 0.0025, 0.002, args.r1_interval)
-    env = DistEnv(0, 1, device)
-    b, R, c_dim = args.batch, cfg.generator.image_resolution, cfg.generator.c_dim
-
-    def fresh_inputs(step: int, kimg: float) -> IterationDraws:
-        """A new real batch, and per phase its own z, cameras and patches, as train() draws them."""
-        real = F.interpolate(torch.rand(b, 3, 16, 16, device=device) * 2 - 1, size=(R, R), mode="bilinear",
-                             align_corners=True)
-
-        def cameras(n: int) -> torch.Tensor:
-            yaw, pitch = torch.randn(n, device=device) * 0.3, 1.5708 + torch.randn(n, device=device) * 0.15
-            return torch.stack([yaw, pitch, torch.zeros_like(yaw)], dim=1)
-
-        return draw_iteration(RealBatch(real, torch.zeros(b, c_dim, device=device), cameras(b)), cfg, kimg,
-                              lambda n: (torch.zeros(n, c_dim, device=device), cameras(n)), spoof_p=1.0,
-                              with_r1=step % args.r1_interval == 0)
+    loss, G_opt, D_opt, env, G_ema, fresh_inputs = build(args.preset, args.batch, args.r1_interval, device)
+    b = args.batch
 
     records = []
     cur_nimg = 0
@@ -108,7 +120,7 @@ def main() -> None:
             ok, stats, _ = training_step(loss, x, cur_nimg / 1000, step, G_opt, D_opt, env, args.r1_interval,
                                          contextlib.nullcontext(), timings)
             with timed_phase(timings, "EMA", device):
-                update_ema(G_ema, G, ema_beta(b, cur_nimg, b * 0.3125))
+                update_ema(G_ema, loss.G, ema_beta(b, cur_nimg, b * 0.3125))
             cur_nimg += b
         records.append({"step": step, "finite": ok, **{f"{k}_s": v for k, v in timings.items()},
                         "scores_fake": stats["scores/fake"], "scores_real": stats["scores/real"],

@@ -80,19 +80,29 @@ def _corner_index_and_weights(grid: Tensor, h: int, w: int) -> tuple[Tensor, Ten
     pixel = (grid + 1) * grid.new_tensor([(w - 1) / 2, (h - 1) / 2])
     corner = pixel.floor()
     frac = pixel - corner
-    col, row = corner.long().unbind(-1)
+    # Both neighbours of each coordinate at once ([..., 2] = this one, the next one), then the 2 × 2 corners of
+    # each plane by broadcasting (row-major: (row, col) = (0, 0), (0, 1), (1, 0), (1, 1)). A corner outside its
+    # plane multiplies its weight by 0: (w_col · in_col) · (w_row · in_row) = w_col · w_row · inside exactly.
+    near = corner.long()[..., None] + torch.arange(2, device=grid.device)  # [B, P, 3, 2 (col, row), 2]
+    size = torch.tensor([w, h], device=grid.device)[:, None]
+    inside = (near >= 0) & (near < size)
+    weight = torch.stack([1 - frac, frac], dim=-1) * inside  # [B, P, 3, 2, 2]
+    near = torch.minimum(near.clamp_(min=0), size - 1)
     first_row = (torch.arange(b, device=grid.device)[:, None, None] * 3
                  + torch.arange(3, device=grid.device)) * (h * w)  # [B, 1, 3]
-    index, weights = [], []
-    for d_row in (0, 1):
-        for d_col in (0, 1):
-            c, r = col + d_col, row + d_row
-            inside = (c >= 0) & (c < w) & (r >= 0) & (r < h)
-            weight_col = frac[..., 0] if d_col else 1 - frac[..., 0]
-            weight_row = frac[..., 1] if d_row else 1 - frac[..., 1]
-            index.append(first_row + r.clamp(0, h - 1) * w + c.clamp(0, w - 1))
-            weights.append(weight_col * weight_row * inside / 3)
-    return torch.stack(index, dim=-1).reshape(b * p, 12), torch.stack(weights, dim=-1).reshape(b * p, 12)
+    index = (first_row[..., None, None] + near[..., 1, :, None] * w) + near[..., 0, None, :]
+    weights = weight[..., 0, None, :] * weight[..., 1, :, None] / 3
+    return index.reshape(b * p, 12), weights.reshape(b * p, 12)
+
+
+def _corner_gradient(table: Tensor, index: Tensor, weights: Tensor, grad_out: Tensor) -> Tensor:
+    """Σ over (q, k) of weights[q, k] · grad_out[q] into row index[q, k] of a zero table shaped like ``table``.
+
+    One ``index_add_`` over all Q·K rows instead of one per corner slot: on CPUs each call is a scatter whose fixed
+    cost dominates (benchmarks/RESULTS.md, "Where the time goes"); the K-fold temporary is Q·K·F floats.
+    """
+    spread = (grad_out[:, None, :] * weights[..., None]).reshape(-1, table.shape[1])
+    return torch.zeros_like(table).index_add_(0, index.reshape(-1), spread)
 
 
 class _CornerGather(torch.autograd.Function):
@@ -112,9 +122,12 @@ class _CornerGather(torch.autograd.Function):
         table, index, weights = ctx.saved_tensors
         grad_table = grad_weights = None
         if ctx.needs_input_grad[0]:
-            grad_table = torch.zeros_like(table)
-            for k in range(index.shape[1]):
-                grad_table.index_add_(0, index[:, k], grad_out * weights[:, k, None])
+            if torch.is_grad_enabled():  # a double backward: one differentiable index_add_ per corner slot
+                grad_table = torch.zeros_like(table)
+                for k in range(index.shape[1]):
+                    grad_table.index_add_(0, index[:, k], grad_out * weights[:, k, None])
+            else:
+                grad_table = _corner_gradient(table, index, weights, grad_out)
         if ctx.needs_input_grad[2]:
             grad_weights = torch.stack([(grad_out * table[index[:, k]]).sum(-1) for k in range(index.shape[1])],
                                        dim=1)

@@ -85,6 +85,19 @@ class InterruptFlag:
             signal.signal(sig, handler)
 
 
+def nonfinite_flag(tensors: list[Tensor]) -> Tensor:
+    """A 0-d float tensor, 1 if any of ``tensors`` holds a NaN or an infinity, else 0.
+
+    torch's fused multi-tensor check (the one AMP's grad scaler uses, here with scale 1, which leaves every value as
+    it is) reads each tensor once; ``isfinite(g).all()`` per tensor makes four passes and a temporary per tensor.
+    On CPUs, ffhq256's D (27 M parameters): 212 ms against 884 (benchmarks/RESULTS.md, "Where the time goes").
+    """
+    found = torch.zeros((), device=tensors[0].device) if tensors else torch.zeros(())
+    if tensors:
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones((), device=found.device))
+    return found.bool()
+
+
 def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: Tensor,
                    env: distributed.DistEnv, nonfinite_grads: str = "skip",
                    before_step: Callable[[], None] | None = None) -> bool:
@@ -98,7 +111,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     loss.backward()
     distributed.average_gradients(params, env)
     grads = [p.grad for p in params if p.grad is not None]
-    finite = torch.isfinite(loss.detach()) & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+    finite = torch.isfinite(loss.detach()) & ~nonfinite_flag(grads)
     finite = bool(distributed.all_reduce_mean(finite.float(), env) == 1)
     if nonfinite_grads == "nan_to_num" and not finite:
         replace_nonfinite_(grads)

@@ -1,0 +1,97 @@
+"""Where the training step's time goes, per phase: torch.profiler over steady-state iterations.
+
+    python benchmarks/profile_loop.py [--preset builtin] [--batch 16] [--iterations 3] [--warmup 2]
+                                      [--r1-interval 1] [--rows 15] [--out benchmarks/results/profile.json]
+
+Builds the step as ``bench_loop.py`` does, runs ``--warmup`` unprofiled iterations, then profiles each phase
+(G, D, R1) of the next ``--iterations`` separately and prints, per phase, the ops with the most self CPU time
+(ms per iteration, share of the phase, calls per iteration), with the page faults (minor / major) and the
+process's user / system CPU seconds of the phase, the kernel's share counting allocator and page-fault time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from bench_loop import build
+
+from epigraf.process_settings import flush_denormals, tune_cpu_allocator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="builtin")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--r1-interval", type=int, default=1)
+    parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/profile.json"))
+    args = parser.parse_args()
+    flush_denormals()
+    tune_cpu_allocator()
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import epigraf.train.loop as loop
+
+    device = torch.device("cpu")
+    loss, G_opt, D_opt, env, G_ema, fresh_inputs = build(args.preset, args.batch, args.r1_interval, device)
+    plain_timed_phase = loop.timed_phase
+    stats: dict[str, dict] = defaultdict(lambda: {"ops": defaultdict(lambda: [0.0, 0]), "wall": 0.0, "user": 0.0,
+                                                  "sys": 0.0, "minflt": 0, "majflt": 0})
+    profiling = {"on": False}
+
+    @contextlib.contextmanager
+    def profiled_phase(timings, name, dev):
+        if not profiling["on"] or name not in ("G", "D", "R1"):
+            with plain_timed_phase(timings, name, dev):
+                yield
+            return
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            yield
+        t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        s = stats[name]
+        s["wall"] += t1 - t0
+        s["user"] += r1.ru_utime - r0.ru_utime
+        s["sys"] += r1.ru_stime - r0.ru_stime
+        s["minflt"] += r1.ru_minflt - r0.ru_minflt
+        s["majflt"] += r1.ru_majflt - r0.ru_majflt
+        for e in prof.key_averages():
+            s["ops"][e.key][0] += e.self_cpu_time_total / 1e3
+            s["ops"][e.key][1] += e.count
+
+    loop.timed_phase = profiled_phase
+    for step in range(args.warmup + args.iterations):
+        profiling["on"] = step >= args.warmup
+        loop.training_step(loss, fresh_inputs(step, 0.0), 0.0, step, G_opt, D_opt, env, args.r1_interval,
+                           contextlib.nullcontext(), {})
+    n = args.iterations
+    report = {"preset": args.preset, "batch": args.batch, "threads": torch.get_num_threads(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "load_average": os.getloadavg(),
+              "phases": {}}
+    print(f"{args.preset}, batch {args.batch}, {report['threads']} threads, {report['cpu_capability']}, "
+          f"load {' '.join(f'{v:.1f}' for v in os.getloadavg())}; per iteration, mean of {n}")
+    for name, s in stats.items():
+        total = sum(v[0] for v in s["ops"].values())
+        top = sorted(s["ops"].items(), key=lambda kv: -kv[1][0])[: args.rows]
+        print(f"\n{name}: wall {s['wall'] / n:.2f} s (profiled), user {s['user'] / n:.2f} s, sys {s['sys'] / n:.2f} s, "
+              f"minor faults {s['minflt'] / n:.0f}, major {s['majflt'] / n:.0f}; op self time {total / n:.0f} ms")
+        for key, (ms, calls) in top:
+            print(f"  {key:40s} {ms / n:9.1f} ms {100 * ms / total:5.1f} % {calls / n:8.0f} calls")
+        report["phases"][name] = {k: v for k, v in s.items() if k != "ops"} | {
+            "top": [[k, ms / n, calls / n] for k, (ms, calls) in top]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
