@@ -100,12 +100,14 @@ class _CornerGather(torch.autograd.Function):
 
     The backward accumulates into a feature-last gradient with one row-wise ``index_add_`` per corner slot
     (rows stay contiguous); it is written in differentiable ops, so double backward works too.
+    Mixed dtypes (bf16 autocast): the weights take the table's dtype, and each gradient is computed in the
+    incoming gradient's dtype and returned in its input's.
     """
 
     @staticmethod
     def forward(ctx, table: Tensor, index: Tensor, weights: Tensor) -> Tensor:
         ctx.save_for_backward(table, index, weights)
-        return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
+        return F.embedding_bag(index, table, per_sample_weights=weights.to(table.dtype), mode="sum")
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
@@ -113,11 +115,13 @@ class _CornerGather(torch.autograd.Function):
         grad_table = grad_weights = None
         if ctx.needs_input_grad[0]:
             grad_table = torch.zeros_like(table)
+            w = weights.to(grad_out.dtype)
             for k in range(index.shape[1]):
-                grad_table.index_add_(0, index[:, k], grad_out * weights[:, k, None])
+                grad_table.index_add_(0, index[:, k], (grad_out * w[:, k, None]).to(table.dtype))
         if ctx.needs_input_grad[2]:
-            grad_weights = torch.stack([(grad_out * table[index[:, k]]).sum(-1) for k in range(index.shape[1])],
-                                       dim=1)
+            t = table.to(grad_out.dtype)
+            grad_weights = torch.stack([(grad_out * t[index[:, k]]).sum(-1) for k in range(index.shape[1])],
+                                       dim=1).to(weights.dtype)
         return grad_table, None, grad_weights
 
 
