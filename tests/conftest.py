@@ -28,6 +28,12 @@ DEFAULT_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "original"
 # Fixture tolerance of the original's outputs (fixtures/original/README.md).
 FIXTURE_TOL = 1e-4
 
+# Who looked for the fixtures (original_fixtures_dir): test node ids, pytest fixtures, and a count of lookups.
+_FIXTURE_USERS: set[str] = set()
+_FIXTURE_LOOKUPS = [0]
+RECORD_ENV = "EPIGRAF_RECORD_FIXTURE_USERS"  # write the ids of the tests that read the fixtures to this file
+ONLY_ENV = "EPIGRAF_ONLY_TESTS_FROM"  # run only the test ids listed in this file
+
 
 def rel_err(ours: Tensor, ref: Tensor) -> float:
     """max|ours − ref| / max(max|ref|, 1e-6), the fixtures' per-tensor error measure."""
@@ -71,9 +77,28 @@ class OriginalFixtures:
         return dict(self.cases[case]["kwargs"])
 
 
+def original_fixtures_dir() -> Path:
+    """Where the fixture folder is looked for (it may not exist): ``$EPIGRAF_FIXTURES`` or ``../shared/…``.
+
+    Every test that reads the fixtures finds them through this function (tests/test_fixture_users.py checks
+    that no test builds the path itself), so ``EPIGRAF_FIXTURES=<missing folder>`` shows what a clone without
+    ``../shared`` sees. With ``$EPIGRAF_RECORD_FIXTURE_USERS`` set to a file, the ids of the tests that asked
+    are written there at the end of the session: `.ci/run` reruns them with the fixtures hidden.
+    """
+    _FIXTURE_LOOKUPS[0] += 1
+    current = os.environ.get("PYTEST_CURRENT_TEST")
+    if current:
+        _FIXTURE_USERS.add(current.rsplit(" (", 1)[0])
+    return _fixtures_path()
+
+
+def _fixtures_path() -> Path:
+    return Path(os.environ.get("EPIGRAF_FIXTURES", DEFAULT_FIXTURES))
+
+
 def original_fixtures_root() -> Path:
     """The fixture folder; skips the calling test only when it does not exist."""
-    root = Path(os.environ.get("EPIGRAF_FIXTURES", DEFAULT_FIXTURES))
+    root = original_fixtures_dir()
     if not root.is_dir():
         pytest.skip(f"original fixtures not found at {root} (set EPIGRAF_FIXTURES)")
     return root
@@ -108,3 +133,57 @@ def rel_err_fixture():
 def torch_generator() -> torch.Generator:
     """A CPU generator with a fixed seed, fresh per test."""
     return torch.Generator().manual_seed(1234)
+
+
+# -------------------------------------------------- a clone without ../shared: .ci/run's second, focused pass
+
+
+class _FixtureUseRecorder:
+    """A pytest fixture that looks for the original's fixtures makes every test that requests it a user.
+
+    Registered as a plugin (pytest_configure), not as a conftest hook: a conftest's pytest_fixture_setup is not
+    called for session-scoped fixtures such as ``original_fixtures``.
+    """
+
+    def __init__(self) -> None:
+        self.fixtures: set[tuple[str, str]] = set()  # (baseid, name) of the fixtures that looked
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        before = _FIXTURE_LOOKUPS[0]
+        yield
+        if _FIXTURE_LOOKUPS[0] > before:
+            self.fixtures.add((fixturedef.baseid, fixturedef.argname))
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        record = os.environ.get(RECORD_ENV)
+        if record:
+            users = _FIXTURE_USERS | {
+                item.nodeid for item in session.items
+                if any(name in item.fixturenames and item.nodeid.startswith(baseid) for baseid, name in self.fixtures)}
+            Path(record).write_text("".join(f"{nodeid}\n" for nodeid in sorted(users)))
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_FixtureUseRecorder(), "epigraf-fixture-users")
+
+
+def pytest_collection_modifyitems(config, items):
+    only = os.environ.get(ONLY_ENV)
+    if not only:
+        return
+    wanted = set(Path(only).read_text().split("\n")) - {""}
+    keep = [item for item in items if item.nodeid in wanted]
+    config.hook.pytest_deselected(items=[item for item in items if item.nodeid not in wanted])
+    items[:] = keep
+
+
+def pytest_report_header(config):
+    only = os.environ.get(ONLY_ENV)
+    fixtures = os.environ.get("EPIGRAF_FIXTURES")
+    root = _fixtures_path()
+    lines = [f"original fixtures: {root}" + ("" if root.is_dir() else " (absent: the tests that need them skip)")]
+    if only:
+        lines.append(f"running only the tests listed in {only} (${ONLY_ENV})" + (f", EPIGRAF_FIXTURES={fixtures}"
+                                                                                   if fixtures else ""))
+    return lines
