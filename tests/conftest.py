@@ -129,6 +129,18 @@ def rel_err_fixture():
     return rel_err
 
 
+@pytest.fixture(scope="session", autouse=True)
+def caches_in_a_temporary_folder(tmp_path_factory) -> Path:
+    """No test writes into the user's caches: epigraf's (the built-in dataset, real-image metric statistics) and
+    every other XDG cache point into the session's temporary folder, for subprocesses too."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EPIGRAF_CACHE", str(cache / "epigraf"))
+        patch.delenv("EPIGRAF_CACHE_DIR", raising=False)
+        patch.setenv("XDG_CACHE_HOME", str(cache / "xdg"))
+        yield cache
+
+
 @pytest.fixture
 def torch_generator() -> torch.Generator:
     """A CPU generator with a fixed seed, fresh per test."""
