@@ -16,8 +16,9 @@ from epigraf.cameras.rays import camera_directions, pixel_grid
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
 from epigraf.cli import main
 from epigraf.export.images import to_uint8
-from epigraf.inference import depth_normals, with_ray_steps
+from epigraf.inference import with_ray_steps
 from epigraf.nn.generator import Generator
+from epigraf.render.depth import depth_normals
 from epigraf.seeds import seed_classes
 from test_checkpoint import tiny_model_config
 

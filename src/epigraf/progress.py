@@ -7,17 +7,19 @@ wrap their batch loops in ``track``. The bar goes to stderr; the CLI routes log 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sized
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-T = TypeVar("T", bound=Sized)
+T = TypeVar("T")
 
 
-def track(batches: Iterable[T], total: int, desc: str, unit: str = "img", enabled: bool = True) -> Iterator[T]:
-    """Yield ``batches`` unchanged while a bar counts ``len(batch)`` of ``total`` items as each one is done."""
+def track(batches: Iterable[T], total: int, desc: str, unit: str = "img", enabled: bool = True,
+          count: Callable[[Any], int] = len) -> Iterator[T]:
+    """Yield ``batches`` unchanged while a bar counts ``count(batch)`` (its length) of ``total`` items as each one
+    is done."""
     with tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True) as bar:
         for batch in batches:
             yield batch
-            bar.update(len(batch))
+            bar.update(count(batch))

@@ -4,7 +4,7 @@ Per image, under ``--out/<image name>/``:
 
     latent.safetensors       ws [1, num_ws, w_dim], the camera, the noise maps (epigraf.invert.load_latent)
     reconstruction.png       the input | the reconstruction (| after pivotal tuning)
-    depth.png, normals.png   at the input view (near = white; camera-space normals, RGB = (n + 1) / 2)
+    depth.png, normals.png   at the input view (as ``epigraf generate --depth --normals``: README, Depth maps)
     <path>.mp4 / .gif        a camera-path video of the found scene
     mesh.<fmt>               the scene's surface
     generator.safetensors    with --pti-steps: the tuned generator, a checkpoint every command accepts
@@ -31,12 +31,12 @@ from epigraf.cameras.paths import PATHS, camera_path
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
 from epigraf.data.metadata import parse_camera_angles
 from epigraf.data.sources import image_key, match_keys
-from epigraf.export.images import depth_to_uint8, save_png, to_uint8
+from epigraf.export.images import depth_to_uint8, normals_to_uint8, save_png, to_uint8
 from epigraf.export.mesh import MESH_FORMATS, save_mesh
 from epigraf.export.video import resolve_format, video_path, write_video
 from epigraf.faces import FaceDetector, align_face
 from epigraf.geometry import extract_geometry
-from epigraf.inference import depth_normals, render_all, render_batches
+from epigraf.inference import render_all, render_batches
 from epigraf.invert import Inversion, InversionConfig, find_perceptual, invert, load_target, save_latent
 from epigraf.invert.target import FITS, pil_to_tensor, to_rgb
 
@@ -162,8 +162,8 @@ def write_outputs(result: Inversion, target: torch.Tensor, before: torch.Tensor 
     strip = [target.cpu(), *([before] if before is not None else []), view.image]
     save_png(np.concatenate(list(to_uint8(torch.cat(strip))), axis=1), out / "reconstruction.png")
     cam = G.cfg.camera
-    save_png(depth_to_uint8(view.depth, cam.ray_start, cam.ray_end)[0], out / "depth.png")
-    save_png(to_uint8(depth_normals(view.depth, latent.cameras.fov))[0], out / "normals.png")
+    save_png(depth_to_uint8(view.depth, cam.ray_start, cam.ray_end, opacity=view.opacity)[0], out / "depth.png")
+    save_png(normals_to_uint8(view.depth, latent.cameras.fov, opacity=view.opacity)[0], out / "normals.png")
     frames = (f for o in render_batches(G, latent.ws, camera_path(args.path, args.frames, cam.fov, cam.radius))
               for f in to_uint8(o.image))
     write_video(frames, video_path(out / args.path, fmt), args.fps)
