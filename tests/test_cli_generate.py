@@ -63,6 +63,19 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+def test_a_directory_as_checkpoint_says_so_and_lists_its_snapshots(checkpoint, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["generate", "--checkpoint", str(run)]) == 2
+    assert f"{run} is a directory, not a checkpoint file, and holds no .safetensors" in capsys.readouterr().err
+    for nimg in (8, 16):
+        (run / f"network-{nimg:010d}.safetensors").write_bytes(checkpoint.read_bytes())
+    assert main(["generate", "--checkpoint", str(run)]) == 2
+    assert (f"{run} is a directory, not a checkpoint file; give one of its 2 checkpoints (network-0000000008."
+            f"safetensors, network-0000000016.safetensors), e.g. {run / 'network-0000000016.safetensors'}"
+            in capsys.readouterr().err)
+
+
 # ----------------------------------------------------------------------------- cameras, grids, maps, classes
 
 
