@@ -42,10 +42,20 @@ _FORMAT_HELP = (
 )
 
 
+DATASET_FORMAT = """\
+The dataset format (docs/cameras.md, "Dataset format"):
+  a folder or zip of square images of one size (any format PIL opens) and optionally a dataset.json:
+    {"camera_angles": {"faces/00001": [0.12, 1.55, 0.0]},   relative path without extension -> [yaw, pitch, roll]
+     "labels": {"faces/00001": 3}}                           -> a class index (0 to 99,999) or a vector
+  Angles are radians: yaw 0 = frontal, pitch from +y (pi/2 = the horizon). `dataset convert` writes this
+  format from EG3D, OpenGL/OpenCV matrices or Blender poses; `dataset check` validates it."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("dataset", help="convert, check and inspect image datasets with camera poses",
                               description="Bring your own images: convert poses from other tools, validate a "
-                                          "dataset and the camera configuration, and look at it.")
+                                          "dataset and the camera configuration, and look at it.",
+                              epilog=DATASET_FORMAT, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     register_builtin(sub)
 
@@ -74,11 +84,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("path", type=Path, help="dataset folder or zip")
     k.add_argument("--preset", choices=PRESETS, default=None, help="take the camera from this preset")
     k.add_argument("--fov", type=float, default=None, help="degrees")
-    k.add_argument("--radius", type=float, default=None)
-    k.add_argument("--ray-start", type=float, default=None)
-    k.add_argument("--ray-end", type=float, default=None)
-    k.add_argument("--cube-scale", type=float, default=None)
-    k.add_argument("--distribution", choices=CAMERA_DISTRIBUTIONS, default=None)
+    k.add_argument("--radius", type=float, default=None, help="camera distance from the origin")
+    k.add_argument("--ray-start", type=float, default=None, help="near end of the rays (distance from the camera)")
+    k.add_argument("--ray-end", type=float, default=None, help="far end of the rays (distance from the camera)")
+    k.add_argument("--cube-scale", type=float, default=None, help="side of the tri-plane cube around the origin")
+    k.add_argument("--distribution", choices=CAMERA_DISTRIBUTIONS, default=None,
+                   help="camera distribution of the generator's cameras")
     k.add_argument("--headers-only", action="store_true",
                    help="read image headers only (fast) instead of decoding every image")
     k.set_defaults(func=run_check)

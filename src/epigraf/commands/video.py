@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--path", choices=PATHS, default="front_circle", help="camera path")
     p.add_argument("--frames", type=int, default=64,
                    help="frames per video (with --interp: frames per transition between consecutive seeds)")
-    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--fps", type=float, default=30.0, help="frames per second")
     p.add_argument("--grid", type=int, default=None, metavar="N",
                    help="one video tiling all seeds, N per row (default: one video per seed)")
     p.add_argument("--interp", action="store_true",
