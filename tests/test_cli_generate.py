@@ -52,6 +52,8 @@ def test_same_seed_and_camera_give_the_same_image(checkpoint, tmp_path):
     (["--pitch", "95"], "pitch must be in [0, π]"),
     (["--resolution", "1"], "--resolution must be ≥ 2"),
     (["--class-index", "3"], "--class-index must be in [0, 0)"),
+    (["--seeds", "abc"], "error: --seeds 'abc' is not a seed or a range of seeds; give whole numbers from 0 to "
+                         "4,294,967,295 and inclusive ranges, e.g. --seeds 0-7,12\n"),
 ])
 def test_bad_flags_give_one_clear_error(checkpoint, tmp_path, capsys, args, message):
     assert main(["generate", "--checkpoint", str(checkpoint), "--out", str(tmp_path), *args]) == 2
