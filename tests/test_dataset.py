@@ -347,3 +347,28 @@ def test_cli_check_without_a_matching_preset_says_it_uses_the_ffhq_camera(tmp_pa
     text = capsys.readouterr().out
     assert "camera (defaults (the FFHQ camera; --preset NAME checks a preset's)): fov 12.0°" in text
     assert "use --fov 20.000" in text
+
+
+def test_cli_check_and_train_agree_on_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The built-in toys (12 labels) with --preset builtin: check once warned that the preset has 0 classes, while
+    `epigraf train` trains that pairing class-conditionally. Both now ask train.options.label_dim."""
+    from epigraf.config import preset
+    from epigraf.train.data_feed import model_config_for
+    from epigraf.train.options import TrainOptions, label_dim
+
+    names = make_images(tmp_path, 3)
+    write_meta(tmp_path, labels={n: i for i, n in enumerate(names)},
+               camera_angles={n.removesuffix(".png"): pose.tolist() for n, pose in zip(names, poses(3), strict=True)})
+    main(["dataset", "check", str(tmp_path), "--preset", "builtin"])
+    text = capsys.readouterr().out
+    assert "labels: `epigraf train --preset builtin` trains class-conditional on the dataset's 3-dim labels" in text
+    assert "classes but" not in text and "label error" not in text
+    base = dataclasses.replace(preset("builtin"), generator=dataclasses.replace(
+        preset("builtin").generator, image_resolution=SIZE))
+    trained = model_config_for(TrainOptions(), ImageDataset(tmp_path), base)
+    assert trained.generator.c_dim == trained.discriminator.c_dim == 3
+    main(["dataset", "check", str(tmp_path), "--preset", "builtin", "--no-use-labels"])
+    assert "trains unconditional (--no-use-labels)" in capsys.readouterr().out
+    assert label_dim("p", 0, 3, use_labels=False) == 0
+    with pytest.raises(ValueError, match="preset 'p' is conditional on 4 classes, the dataset has 3"):
+        label_dim("p", 4, 3)
