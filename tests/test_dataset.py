@@ -99,6 +99,20 @@ def test_truncated_image_is_found_by_decoding(tmp_path: Path) -> None:
     assert "'t.png'" in errors_of(tmp_path, decode=True)  # …the pixel data is not
 
 
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_a_file_cut_short_is_found_without_decoding(tmp_path: Path, ext: str) -> None:
+    """Headers plus each PNG/JPEG's end marker: a copy cut short is refused before training (it used to stop a
+    run after its folder was made), and trailing bytes after a complete image are still accepted."""
+    make_images(tmp_path, 2, size=(64, 64), ext=ext)
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)  # the header is a small part
+    Image.fromarray(pixels).save(tmp_path / f"t.{ext}")
+    data = (tmp_path / f"t.{ext}").read_bytes()
+    (tmp_path / f"t.{ext}").write_bytes(data + b"\0" * 16)
+    assert errors_of(tmp_path) == ""
+    (tmp_path / f"t.{ext}").write_bytes(data[: len(data) * 2 // 3])
+    assert f"1 images cannot be read: 't.{ext}' (OSError: the file ends before its" in errors_of(tmp_path)
+
+
 def test_non_square_images(tmp_path: Path) -> None:
     make_images(tmp_path, 2, size=(SIZE, SIZE + 2))
     assert "2 images are not square, e.g. 'img00.png' (8×10)" in errors_of(tmp_path)
