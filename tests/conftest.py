@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,12 +84,17 @@ def original_fixtures_dir() -> Path:
     Every test that reads the fixtures finds them through this function (tests/test_fixture_users.py checks
     that no test builds the path itself), so ``EPIGRAF_FIXTURES=<missing folder>`` shows what a clone without
     ``../shared`` sees. With ``$EPIGRAF_RECORD_FIXTURE_USERS`` set to a file, the ids of the tests that asked
-    are written there at the end of the session: `.ci/run` reruns them with the fixtures hidden.
+    are written there at the end of the session (for a lookup at collection time, e.g. in a parametrisation,
+    the test module's path): `.ci/run` reruns them with the fixtures hidden.
     """
     _FIXTURE_LOOKUPS[0] += 1
     current = os.environ.get("PYTEST_CURRENT_TEST")
     if current:
         _FIXTURE_USERS.add(current.rsplit(" (", 1)[0])
+    else:
+        caller = Path(sys._getframe(1).f_code.co_filename)
+        if caller.parent == Path(__file__).parent and caller.name.startswith("test_"):
+            _FIXTURE_USERS.add(caller.relative_to(REPO_ROOT).as_posix())
     return _fixtures_path()
 
 
@@ -185,8 +191,14 @@ def pytest_collection_modifyitems(config, items):
     if not only:
         return
     wanted = set(Path(only).read_text().split("\n")) - {""}
-    keep = [item for item in items if item.nodeid in wanted]
-    config.hook.pytest_deselected(items=[item for item in items if item.nodeid not in wanted])
+
+    def listed(nodeid: str) -> bool:
+        """By id, the same test with other parameters (fixture-dependent ids), or its whole module."""
+        return bool({nodeid, nodeid.split("[")[0], nodeid.split("::")[0]} & wanted) or any(
+            w.split("[")[0] == nodeid.split("[")[0] for w in wanted)
+
+    keep = [item for item in items if listed(item.nodeid)]
+    config.hook.pytest_deselected(items=[item for item in items if not listed(item.nodeid)])
     items[:] = keep
 
 
