@@ -30,10 +30,10 @@ from epigraf.checkpoint import load_checkpoint
 from epigraf.data.builtin import default_dir
 from epigraf.data.dataset import ImageDataset
 from epigraf.data.plots import font
-from epigraf.export.images import depth_to_uint8, image_grid, to_uint8
+from epigraf.export.images import depth_to_uint8, image_grid, normals_to_uint8, to_uint8
 from epigraf.export.video import write_video
 from epigraf.geometry import extract_geometry
-from epigraf.inference import DEFAULT_RAY_STEP_MULTIPLIER, depth_normals, render_all, with_ray_steps
+from epigraf.inference import DEFAULT_RAY_STEP_MULTIPLIER, render_all, with_ray_steps
 from epigraf.isosurface import Mesh
 from epigraf.nn.generator import Generator
 from epigraf.process_settings import flush_denormals
@@ -125,12 +125,9 @@ def depth_and_normals(G: Generator, classes: list[int], out: Path) -> None:
     ws = figure_ws(G, classes, 0.7)
     cameras = one_view(G, len(ws))
     rendered = render_all(G, ws, cameras)
-    normals = depth_normals(rendered.depth, cameras.fov)
-    # Background pixels have no surface: show them white in both maps.
-    background = (rendered.opacity < 0.5).expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()
-    depth = depth_to_uint8(rendered.depth, cam.ray_start, cam.ray_end)
-    normal_rgb = to_uint8(normals)
-    depth[background], normal_rgb[background] = 255, 255
+    # As `epigraf generate --depth --normals` saves them (README, Depth maps): background black / mid-grey.
+    depth = depth_to_uint8(rendered.depth, cam.ray_start, cam.ray_end, opacity=rendered.opacity)
+    normal_rgb = normals_to_uint8(rendered.depth, cameras.fov, opacity=rendered.opacity)
     rows = np.concatenate([to_uint8(rendered.image), depth, normal_rgb], axis=2)  # [seeds, H, 3·W, 3]
     grid = image_grid(rows, 1)
     labelled(zoom(grid), "image | depth (near = white) | normals (camera space)").save(out / "depth_normals.png")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,12 @@ DEFAULT_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "original"
 
 # Fixture tolerance of the original's outputs (fixtures/original/README.md).
 FIXTURE_TOL = 1e-4
+
+# Who looked for the fixtures (original_fixtures_dir): test node ids, pytest fixtures, and a count of lookups.
+_FIXTURE_USERS: set[str] = set()
+_FIXTURE_LOOKUPS = [0]
+RECORD_ENV = "EPIGRAF_RECORD_FIXTURE_USERS"  # write the ids of the tests that read the fixtures to this file
+ONLY_ENV = "EPIGRAF_ONLY_TESTS_FROM"  # run only the test ids listed in this file
 
 
 def rel_err(ours: Tensor, ref: Tensor) -> float:
@@ -71,9 +78,33 @@ class OriginalFixtures:
         return dict(self.cases[case]["kwargs"])
 
 
+def original_fixtures_dir() -> Path:
+    """Where the fixture folder is looked for (it may not exist): ``$EPIGRAF_FIXTURES`` or ``../shared/…``.
+
+    Every test that reads the fixtures finds them through this function (tests/test_fixture_users.py checks
+    that no test builds the path itself), so ``EPIGRAF_FIXTURES=<missing folder>`` shows what a clone without
+    ``../shared`` sees. With ``$EPIGRAF_RECORD_FIXTURE_USERS`` set to a file, the ids of the tests that asked
+    are written there at the end of the session (for a lookup at collection time, e.g. in a parametrisation,
+    the test module's path): `.ci/run` reruns them with the fixtures hidden.
+    """
+    _FIXTURE_LOOKUPS[0] += 1
+    current = os.environ.get("PYTEST_CURRENT_TEST")
+    if current:
+        _FIXTURE_USERS.add(current.rsplit(" (", 1)[0])
+    else:
+        caller = Path(sys._getframe(1).f_code.co_filename)
+        if caller.parent == Path(__file__).parent and caller.name.startswith("test_"):
+            _FIXTURE_USERS.add(caller.relative_to(REPO_ROOT).as_posix())
+    return _fixtures_path()
+
+
+def _fixtures_path() -> Path:
+    return Path(os.environ.get("EPIGRAF_FIXTURES", DEFAULT_FIXTURES))
+
+
 def original_fixtures_root() -> Path:
     """The fixture folder; skips the calling test only when it does not exist."""
-    root = Path(os.environ.get("EPIGRAF_FIXTURES", DEFAULT_FIXTURES))
+    root = original_fixtures_dir()
     if not root.is_dir():
         pytest.skip(f"original fixtures not found at {root} (set EPIGRAF_FIXTURES)")
     return root
@@ -104,7 +135,79 @@ def rel_err_fixture():
     return rel_err
 
 
+@pytest.fixture(scope="session", autouse=True)
+def caches_in_a_temporary_folder(tmp_path_factory) -> Path:
+    """No test writes into the user's caches: epigraf's (the built-in dataset, real-image metric statistics) and
+    every other XDG cache point into the session's temporary folder, for subprocesses too."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EPIGRAF_CACHE", str(cache / "epigraf"))
+        patch.delenv("EPIGRAF_CACHE_DIR", raising=False)
+        patch.setenv("XDG_CACHE_HOME", str(cache / "xdg"))
+        yield cache
+
+
 @pytest.fixture
 def torch_generator() -> torch.Generator:
     """A CPU generator with a fixed seed, fresh per test."""
     return torch.Generator().manual_seed(1234)
+
+
+# -------------------------------------------------- a clone without ../shared: .ci/run's second, focused pass
+
+
+class _FixtureUseRecorder:
+    """A pytest fixture that looks for the original's fixtures makes every test that requests it a user.
+
+    Registered as a plugin (pytest_configure), not as a conftest hook: a conftest's pytest_fixture_setup is not
+    called for session-scoped fixtures such as ``original_fixtures``.
+    """
+
+    def __init__(self) -> None:
+        self.fixtures: set[tuple[str, str]] = set()  # (baseid, name) of the fixtures that looked
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        before = _FIXTURE_LOOKUPS[0]
+        yield
+        if _FIXTURE_LOOKUPS[0] > before:
+            self.fixtures.add((fixturedef.baseid, fixturedef.argname))
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        record = os.environ.get(RECORD_ENV)
+        if record:
+            users = _FIXTURE_USERS | {
+                item.nodeid for item in session.items
+                if any(name in item.fixturenames and item.nodeid.startswith(baseid) for baseid, name in self.fixtures)}
+            Path(record).write_text("".join(f"{nodeid}\n" for nodeid in sorted(users)))
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_FixtureUseRecorder(), "epigraf-fixture-users")
+
+
+def pytest_collection_modifyitems(config, items):
+    only = os.environ.get(ONLY_ENV)
+    if not only:
+        return
+    wanted = set(Path(only).read_text().split("\n")) - {""}
+
+    def listed(nodeid: str) -> bool:
+        """By id, the same test with other parameters (fixture-dependent ids), or its whole module."""
+        return bool({nodeid, nodeid.split("[")[0], nodeid.split("::")[0]} & wanted) or any(
+            w.split("[")[0] == nodeid.split("[")[0] for w in wanted)
+
+    keep = [item for item in items if listed(item.nodeid)]
+    config.hook.pytest_deselected(items=[item for item in items if not listed(item.nodeid)])
+    items[:] = keep
+
+
+def pytest_report_header(config):
+    only = os.environ.get(ONLY_ENV)
+    fixtures = os.environ.get("EPIGRAF_FIXTURES")
+    root = _fixtures_path()
+    lines = [f"original fixtures: {root}" + ("" if root.is_dir() else " (absent: the tests that need them skip)")]
+    if only:
+        lines.append(f"running only the tests listed in {only} (${ONLY_ENV})" + (f", EPIGRAF_FIXTURES={fixtures}"
+                                                                                   if fixtures else ""))
+    return lines

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import original_fixtures_root
 from epigraf.compat.importer import load_original
 from epigraf.compat.snapshot_reader import read_original_snapshot
 from epigraf.compat.unpickler import SnapshotFormatError, UnsafePickleError
@@ -24,7 +25,6 @@ from epigraf.data.dataset import ImageDataset
 from test_dataset import make_images, write_meta
 from test_snapshot import _Call, _snapshot_wrapping, _Storage
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "original"
 REFUSAL_S = 1.0
 
 
@@ -113,6 +113,7 @@ def test_a_nested_payload_refusal_does_not_advise_executing_it(tmp_path):
 
 
 def test_crafted_hyperparameters_are_refused_before_allocation():
+    FIXTURES = original_fixtures_root()
     config = json.loads((FIXTURES / "tiny_config.json").read_text())
     config = config.get("config", config)
     with pytest.raises(ValueError, match=r"tiny_snapshot\.pkl \(architecture from config\): the config describes "
@@ -133,6 +134,7 @@ def test_a_huge_class_index_is_refused_before_allocation(tmp_path):
 
 
 def test_the_real_snapshots_stay_within_the_bounds():
+    FIXTURES = original_fixtures_root()
     for name in ("tiny", "bgsphere"):
         snap = read_original_snapshot(FIXTURES / f"{name}_snapshot.pkl")
         assert len(snap.G_ema) > 10

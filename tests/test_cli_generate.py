@@ -16,8 +16,9 @@ from epigraf.cameras.rays import camera_directions, pixel_grid
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
 from epigraf.cli import main
 from epigraf.export.images import to_uint8
-from epigraf.inference import depth_normals, with_ray_steps
+from epigraf.inference import with_ray_steps
 from epigraf.nn.generator import Generator
+from epigraf.render.depth import depth_normals
 from epigraf.seeds import seed_classes
 from test_checkpoint import tiny_model_config
 
@@ -51,6 +52,8 @@ def test_same_seed_and_camera_give_the_same_image(checkpoint, tmp_path):
     (["--pitch", "95"], "pitch must be in [0, π]"),
     (["--resolution", "1"], "--resolution must be ≥ 2"),
     (["--class-index", "3"], "--class-index must be in [0, 0)"),
+    (["--seeds", "abc"], "error: --seeds 'abc' is not a seed or a range of seeds; give whole numbers from 0 to "
+                         "4,294,967,295 and inclusive ranges, e.g. --seeds 0-7,12\n"),
 ])
 def test_bad_flags_give_one_clear_error(checkpoint, tmp_path, capsys, args, message):
     assert main(["generate", "--checkpoint", str(checkpoint), "--out", str(tmp_path), *args]) == 2
@@ -60,6 +63,19 @@ def test_bad_flags_give_one_clear_error(checkpoint, tmp_path, capsys, args, mess
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["generate", "--checkpoint", str(tmp_path / "x.safetensors")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_a_directory_as_checkpoint_says_so_and_lists_its_snapshots(checkpoint, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["generate", "--checkpoint", str(run)]) == 2
+    assert f"{run} is a directory, not a checkpoint file, and holds no .safetensors" in capsys.readouterr().err
+    for nimg in (8, 16):
+        (run / f"network-{nimg:010d}.safetensors").write_bytes(checkpoint.read_bytes())
+    assert main(["generate", "--checkpoint", str(run)]) == 2
+    assert (f"{run} is a directory, not a checkpoint file; give one of its 2 checkpoints (network-0000000008."
+            f"safetensors, network-0000000016.safetensors), e.g. {run / 'network-0000000016.safetensors'}"
+            in capsys.readouterr().err)
 
 
 # ----------------------------------------------------------------------------- cameras, grids, maps, classes

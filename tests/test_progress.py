@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import torch
 from epigraf.checkpoint import save_checkpoint
 from epigraf.cli import main
 from epigraf.nn.generator import Generator
-from epigraf.progress import track
+from epigraf.progress import bar_can_draw, kimg_bar_format, track
 from epigraf.train.loop import train
 from epigraf.train.run_log import RunLogger
 from epigraf.train.visualize import FakesSchedule
@@ -110,3 +112,54 @@ def test_log_lines_print_above_the_training_bar_not_onto_it(tmp_path):
     assert "INFO: snapshot network-0000000002.safetensors" in proc.stderr
     assert not re.search(r"[^\r\n]INFO:", proc.stderr), proc.stderr[-2000:]
     assert "finished 0.002 kimg" in proc.stderr and proc.stdout == ""
+    assert "0.002/0.002 kimg" in proc.stderr  # --kimg 0.02 once showed 0.00/0 kimg
+
+
+def test_kimg_bar_shows_as_many_decimals_as_the_total_needs():
+    assert "{n:.2f}/{total:g} kimg" in kimg_bar_format(0.02)
+    assert "{n:.3f}/{total:g} kimg" in kimg_bar_format(0.008)
+    assert "{n:.2f}/{total:g} kimg" in kimg_bar_format(120)
+
+
+@contextlib.contextmanager
+def _terminal(columns: int):
+    """A pseudo-terminal reporting ``columns`` columns, as a text stream."""
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    try:
+        with os.fdopen(follower, "w") as tty:
+            yield tty
+    finally:
+        os.close(leader)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals")
+def test_a_terminal_of_zero_columns_cannot_draw_a_bar(tmp_path):
+    for columns, can in ((0, False), (80, True)):
+        with _terminal(columns) as tty:
+            assert bar_can_draw(tty) is can
+    with (tmp_path / "log.txt").open("w") as file:
+        assert bar_can_draw(file)  # not a terminal: tqdm writes its lines there
+
+
+def test_where_no_bar_can_draw_progress_is_a_log_line(tmp_path, monkeypatch, caplog, capsys):
+    import epigraf.progress as progress
+    import epigraf.train.run_log as run_log
+
+    monkeypatch.setattr(progress, "bar_can_draw", lambda stream=None: False)
+    monkeypatch.setattr(run_log, "bar_can_draw", lambda stream=None: False)
+    with caplog.at_level(logging.INFO):
+        assert list(track([[1, 2], [3, 4], [5]], 5, "counting", "item")) == [[1, 2], [3, 4], [5]]
+        make_dataset(tmp_path / "data")
+        train(options(tmp_path, progress=True), tiny_model_config())
+    lines = [r.getMessage() for r in caplog.records]
+    assert ["counting: 2/5 item", "counting: 4/5 item", "counting: 5/5 item"] == [
+        m for m in lines if m.startswith("counting")]
+    ticks = [m for m in lines if m.startswith("tick ")]  # one per tick, with the progress the bar would show
+    assert [m.split(", ")[0] for m in ticks] == ["tick 1: 0.008/0.016 kimg", "tick 2: 0.016/0.016 kimg"]
+    assert all(" s/kimg, " in m and " img/s, loss/G=" in m for m in ticks)
+    assert "kimg" not in capsys.readouterr().err

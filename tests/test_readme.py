@@ -69,3 +69,25 @@ def test_readme_mentions_resolve():
         _resolve(dotted)
     missing = [f"{module}.{name}" for module, name in LISTED if not hasattr(_resolve(module), name)]
     assert not missing, f"README names that do not exist: {missing}"
+
+
+def builtin_snapshot_nimgs() -> list[int]:
+    """The images at which a default `epigraf train` (builtin preset) writes its snapshots: ticks end at the first
+    step past tick_kimg (the loop's rule), a snapshot every snapshot_ticks ticks and at the end."""
+    from epigraf.train.options import TrainOptions
+
+    opts = TrainOptions().with_preset_defaults()
+    nimg, tick, tick_start, found = 0, 0, 0, []
+    while nimg < opts.kimg * 1000:
+        nimg += opts.batch_size
+        if nimg >= tick_start + opts.tick_kimg * 1000 or nimg >= opts.kimg * 1000:
+            tick, tick_start = tick + 1, nimg
+            if tick % opts.snapshot_ticks == 0 or nimg >= opts.kimg * 1000:
+                found.append(nimg)
+    return found
+
+
+def test_readme_snapshot_names_are_ones_a_builtin_run_writes():
+    written = {f"network-{nimg:010d}.safetensors" for nimg in builtin_snapshot_nimgs()}
+    named = set(re.findall(r"runs/00000-builtin/(network-\d{10}\.safetensors)", README))
+    assert named and named <= written, f"{sorted(named - written)} are not among {sorted(written)}"

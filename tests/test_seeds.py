@@ -32,9 +32,14 @@ def test_parse_seeds():
     assert parse_seeds("0-3,12") == [0, 1, 2, 3, 12]
     assert parse_seeds(["5", "1-2"]) == [5, 1, 2]
     assert parse_seeds(" 7 - 7 ") == [7]
-    for bad in ("3-1", "a", "", "-2", "1,,2"):
+    for bad in ("3-1", "a", "", "-2", "1,,2", "4294967296"):
         with pytest.raises(ValueError):
             parse_seeds(bad)
+    with pytest.raises(ValueError, match=r"^--seeds '0-2,x': 'x' is not a seed or a range of seeds; give whole "
+                                         r"numbers from 0 to 4,294,967,295 and inclusive ranges, e.g. --seeds 0-7,12$"):
+        parse_seeds("0-2,x")
+    with pytest.raises(ValueError, match=r"^--seeds '1,3-1': '3-1' is a range whose end is below its start$"):
+        parse_seeds("1,3-1")
 
 
 def test_seeds_are_numpy_randomstate_normals():

@@ -29,15 +29,9 @@ from epigraf.compat.unpickler import SnapshotFormatError, UnsafePickleError
 
 @pytest.fixture(scope="module")
 def original_dir() -> Path:
-    root = Path(
-        os.environ.get(
-            "EPIGRAF_FIXTURES",
-            Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "original",
-        )
-    )
-    if not root.is_dir():
-        pytest.skip(f"original fixtures not found at {root} (set EPIGRAF_FIXTURES)")
-    return root
+    from conftest import original_fixtures_root
+
+    return original_fixtures_root()
 
 
 def _load_safetensors(path: Path) -> dict[str, Tensor]:

@@ -284,8 +284,13 @@ def test_cli_train_without_kimg_reports_against_the_presets_length(tmp_path, mon
     assert message in caplog.text
 
 
-def test_bf16_autocast_trains_and_snapshots_fp32_weights(tmp_path, dataset):
-    result = train(options(tmp_path, kimg=0.008, bf16=True, augment="none"), tiny_model_config())
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN:UserWarning")
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "native-kernels"])
+def test_bf16_autocast_trains_and_snapshots_fp32_weights(tmp_path, dataset, onednn):
+    """With oneDNN off, the CPU runs PyTorch's native kernels, as CPUs without AVX-512 do, which refuse mixed
+    dtypes (a bf16 gradient with an fp32 filter crashed `train --bf16` there): tests/test_mixed_dtypes.py."""
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        result = train(options(tmp_path, kimg=0.008, bf16=True, augment="none"), tiny_model_config())
     assert result.cur_nimg == 8 and result.skipped_steps == 0
     assert all(p.dtype == torch.float32 for p in result.G.parameters())
 

@@ -2,9 +2,10 @@
 section "Training trajectory"): the same D logits, gradients, optimiser steps, weights, G_ema and buffers.
 
 Sets are every ``*_train.json`` in the folders of ``$EPIGRAF_ORIGINAL_FIXTURES`` (os.pathsep-separated; default
-``<repo>/../shared/fixtures/original``); the test is skipped only when none of those folders exists. Each iteration
-runs ``epigraf.train.loop.training_step``, the function ``train()`` runs, with every draw (z, labels, cameras, GPC
-cameras, patch parameters, the real batch) taken from the fixture, then ``update_ema`` with our ``ema_beta``.
+conftest's fixture folder: ``$EPIGRAF_FIXTURES``, else the one beside the repository); the test is skipped only
+when none of those folders exists. Each iteration runs ``epigraf.train.loop.training_step``, the function
+``train()`` runs, with every draw (z, labels, cameras, GPC cameras, patch parameters, the real batch) taken from
+the fixture, then ``update_ema`` with our ``ema_beta``.
 Everything else comes from our code: optimisers (``make_optimizers``), the lazy-R1 gain, blur, phase order.
 Summaries are compared in the original's parameter shape and scale: the compat key mapping only renames
 (``epigraf.compat.original``), so our stored tensors are the original's (equalised-lr weights unscaled, no
@@ -26,7 +27,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from conftest import REPO_ROOT, _load_tensors, rel_err
+from conftest import _load_tensors, original_fixtures_dir, rel_err
 from epigraf.compat.original import (
     convert_discriminator_state,
     convert_generator_state,
@@ -43,7 +44,6 @@ from epigraf.train.loss import PatchGANLoss, PhaseResult
 from epigraf.train.step import make_optimizers
 
 ENV_VAR = "EPIGRAF_ORIGINAL_FIXTURES"
-DEFAULT_FOLDER = REPO_ROOT.parent / "shared" / "fixtures" / "original"
 
 # Options whose random draws inside the networks the fixtures do not record: a set using them cannot be replayed.
 UNREPLAYABLE = (
@@ -56,7 +56,7 @@ UNREPLAYABLE = (
 
 def fixture_folders() -> list[Path]:
     value = os.environ.get(ENV_VAR)
-    return [Path(p) for p in value.split(os.pathsep) if p] if value else [DEFAULT_FOLDER]
+    return [Path(p) for p in value.split(os.pathsep) if p] if value else [original_fixtures_dir()]
 
 
 def train_sets() -> list[Any]:

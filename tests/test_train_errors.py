@@ -203,3 +203,25 @@ def test_a_run_of_non_finite_steps_warns_then_stops_at_the_stated_limit(tmp_path
     lines = (tmp_path / "run" / "stats.jsonl").read_text().splitlines()
     records = [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is not JSON")) for line in lines]
     assert records[0]["loss/G"] is None and records[0]["progress/skipped_steps"] == 1
+
+
+def test_train_data_warnings_are_log_lines_and_a_cut_short_image_stops_before_the_run_folder(tmp_path, caplog,
+                                                                                           capsys):
+    """`train --data` printed Python's "loop.py:91: DatasetWarning: …" with the source line under it, and a file cut
+    short stopped the run only after its folder was made."""
+    from epigraf.cli import main
+
+    data = make_dataset(tmp_path / "data")
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["camera_angles"] = {k: [0.5, math.pi / 2, 0.0] for k in meta["camera_angles"]}  # yaw not zero-centred
+    (data / "dataset.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING):
+        assert main(["train", "--data", str(data), "--out", str(tmp_path / "runs"), "--no-progress"]) == 2
+    warned = [r for r in caplog.records if r.name == "epigraf.data.dataset"]
+    assert len(warned) == 1 and "not zero-centred" in warned[0].getMessage()
+    assert "DatasetWarning" not in capsys.readouterr().err
+    image = data / "img003.png"
+    image.write_bytes(image.read_bytes()[:200])
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "runs"), "--no-progress"]) == 2
+    assert "1 images cannot be read: 'img003.png' (OSError: the file ends before" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

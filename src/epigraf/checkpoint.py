@@ -147,6 +147,17 @@ def check_weights(path: Path, name: str, state: dict[str, torch.Tensor], planned
                          "corrupt or its training diverged (use an earlier snapshot)")
 
 
+def _directory_message(path: Path, shown: int = 5) -> str:
+    """A directory given as a checkpoint: say so, and name the checkpoints in it (the newest last)."""
+    found = sorted(p.name for p in path.glob("*.safetensors") if p.is_file())
+    if not found:
+        return f"{path} is a directory, not a checkpoint file, and holds no .safetensors checkpoint"
+    listed = ", ".join(found[-shown:])
+    more = f"{len(found) - shown} more, then " if len(found) > shown else ""
+    return (f"{path} is a directory, not a checkpoint file; give one of its {len(found)} checkpoints "
+            f"({more}{listed}), e.g. {path / found[-1]}")
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the networks stored in ``path`` (eval mode, on ``device``).
 
@@ -154,6 +165,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     (ValueError naming the file and the field), the networks' size (``planned_state_dicts``), every tensor's
     name, shape and dtype, and that weights are finite."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(_directory_message(path))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     meta = _read_metadata(path)

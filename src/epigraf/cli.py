@@ -7,9 +7,12 @@ callable taking the parsed arguments and returning an exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
+import warnings
+from collections.abc import Iterator
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -40,6 +43,26 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def warnings_as_log_lines() -> Iterator[None]:
+    """epigraf's own warnings (DatasetWarning, CameraPoseWarning, …) become log lines in the CLI's voice
+    ("WARNING: <message>") instead of Python's "file.py:91: DatasetWarning: …" and the source line under it.
+    Other libraries' warnings keep Python's form; the filters (which and how often) are untouched."""
+    python_form = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.split(".")[0] == "epigraf":
+            logging.getLogger(category.__module__).warning("%s", message)
+        else:
+            python_form(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = python_form
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # Before any torch operation starts its worker threads: they inherit the flag (process_settings.flush_denormals).
@@ -50,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_cpu_allocator()
     try:
         # Log lines print above any progress bar instead of being glued onto its line.
-        with logging_redirect_tqdm():
+        with logging_redirect_tqdm(), warnings_as_log_lines():
             return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as err:
         # User errors (bad dataset, checkpoint, flag value, a missing optional extra) get one clear line.

@@ -1,9 +1,11 @@
 """Writing files so that a crash or kill never leaves a torn one under the final name, and saying so
-plainly when the disk is full."""
+plainly when the disk is full; the one cache folder."""
 
 from __future__ import annotations
 
 import errno
+import functools
+import logging
 import math
 import os
 import shutil
@@ -13,6 +15,32 @@ from pathlib import Path
 from typing import Any
 
 TEMPORARY_SUFFIX = ".tmp"
+CACHE_ENV = "EPIGRAF_CACHE"
+_OLD_CACHE_ENV = "EPIGRAF_CACHE_DIR"  # the metrics cache's own variable before the two caches shared one
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """epigraf's cache (the built-in dataset, real-image metric statistics): ``$EPIGRAF_CACHE``, else
+    ``$XDG_CACHE_HOME/epigraf``, else ``~/.cache/epigraf``.
+
+    The old ``EPIGRAF_CACHE_DIR`` is still read when ``EPIGRAF_CACHE`` is not set, with a deprecation warning.
+    """
+    value = os.environ.get(CACHE_ENV) or os.environ.get(_OLD_CACHE_ENV)
+    if os.environ.get(_OLD_CACHE_ENV):
+        _warn_old_cache_env(os.environ[_OLD_CACHE_ENV], bool(os.environ.get(CACHE_ENV)))
+    if value:
+        return Path(value).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "epigraf"
+
+
+@functools.cache
+def _warn_old_cache_env(value: str, ignored: bool) -> None:
+    """Once per process and value: the user-facing rename of EPIGRAF_CACHE_DIR."""
+    log.warning("%s is deprecated and will be removed: use %s%s", _OLD_CACHE_ENV, CACHE_ENV,
+                f" (set too, so {_OLD_CACHE_ENV}={value} is ignored)" if ignored else f"={value}")
 
 
 def default_file_mode() -> int:

@@ -34,11 +34,10 @@ from epigraf.isosurface import Mesh, extract_isosurface
 from epigraf.nn.field import split_planes
 from epigraf.nn.generator import Generator
 from epigraf.render.compositing import density_activation
+from epigraf.render.depth import SURFACE_OPACITY  # the ray opacity of the surface: depth maps use it too
 
 # Points per field evaluation: bounds memory (the tri-plane lookup holds 3·F floats per point).
 CHUNK_POINTS = 2**18
-# Ray opacity that defines the surface in ``auto_level``: the median termination point.
-SURFACE_OPACITY = 0.5
 
 Field = Callable[[Tensor], Tensor]
 

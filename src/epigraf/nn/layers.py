@@ -79,17 +79,22 @@ class _DepthwiseFilter(torch.autograd.Function):
     Autograd's own double backward of a grouped convolution runs one convolution per channel: thousands of
     convolutions and most of the CPU time of a large model's R1 step (benchmarks/RESULTS.md, "Speed work on D
     and R1").
+
+    Mixed dtypes: the output has x's dtype (or autocast's, as ``F.conv2d``), and the backward casts the filter
+    to the incoming gradient's dtype. Under bf16 autocast the gradient is bf16 while the saved filter is fp32,
+    and without oneDNN's lenient kernels (CPUs without AVX-512) a mixed-dtype convolution is an error.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
         ctx.save_for_backward(weight)
         ctx.input_shape = x.shape
-        return F.conv2d(x, weight, groups=weight.shape[0])
+        return F.conv2d(x, weight.to(x.dtype), groups=weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (weight,) = ctx.saved_tensors
+        weight = weight.to(grad.dtype)
         if not torch.is_grad_enabled():  # a first-order backward: the native kernel is faster (RESULTS.md)
             return torch.nn.grad.conv2d_input(ctx.input_shape, weight, grad, groups=weight.shape[0]), None
         k = weight.shape[-1] - 1

@@ -21,7 +21,7 @@ from epigraf.cameras import sample_normal, sample_spherical_uniform
 from epigraf.config import ModelConfig
 from epigraf.data.dataset import ImageDataset
 from epigraf.train import distributed
-from epigraf.train.options import TrainOptions
+from epigraf.train.options import TrainOptions, label_dim
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,7 @@ def model_config_for(opts: TrainOptions, dataset: ImageDataset, base: ModelConfi
         raise ValueError(f"dataset images are {dataset.resolution}² but the model ({cfg.name!r}) trains at "
                          f"{g.image_resolution}²; convert with `epigraf dataset convert --resolution "
                          f"{g.image_resolution}`")
-    c_dim = dataset.c_dim if opts.use_labels else 0
-    if g.c_dim and c_dim != g.c_dim:
-        raise ValueError(f"preset {opts.preset!r} is conditional on {g.c_dim} classes, the dataset has {c_dim} "
-                         "(pass --no-use-labels for an unconditional model only if the preset allows it)")
+    c_dim = label_dim(opts.preset, g.c_dim, dataset.c_dim, opts.use_labels)
     if g.camera.distribution == "custom" and not dataset.has_cameras:
         raise ValueError(f"preset {opts.preset!r} renders from the dataset's poses, but the dataset has no "
                          "camera_angles in dataset.json")

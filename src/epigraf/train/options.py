@@ -13,6 +13,17 @@ from epigraf.config import PRESETS
 from epigraf.train.step import NONFINITE_GRADS
 
 
+def label_dim(preset_name: str, preset_c_dim: int, dataset_c_dim: int, use_labels: bool = True) -> int:
+    """The label dimension a run trains with: the dataset's (0 with ``--no-use-labels``). An unconditional preset
+    becomes conditional on the dataset's labels; a conditional one needs exactly its own number of classes.
+    `epigraf train` and `epigraf dataset check --preset` both ask this function."""
+    c_dim = dataset_c_dim if use_labels else 0
+    if preset_c_dim and c_dim != preset_c_dim:
+        raise ValueError(f"preset {preset_name!r} is conditional on {preset_c_dim} classes, the dataset has {c_dim} "
+                         "(pass --no-use-labels for an unconditional model only if the preset allows it)")
+    return c_dim
+
+
 def option(default: Any, help: str) -> Any:
     """A dataclass field whose ``help`` becomes the command-line flag's help text."""
     return dataclasses.field(default=default, metadata={"help": help})

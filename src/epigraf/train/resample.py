@@ -102,7 +102,7 @@ class _ReflectSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, images: Tensor, grid: Tensor) -> Tensor:
         ctx.save_for_backward(images, grid)
-        return torch.grid_sampler_2d(images, grid, _BILINEAR, _REFLECTION, True)
+        return torch.grid_sampler_2d(images, grid.to(images.dtype), _BILINEAR, _REFLECTION, True)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
@@ -115,9 +115,10 @@ class _ReflectSampleTranspose(torch.autograd.Function):
     def forward(ctx: Any, grad: Tensor, images: Tensor, grid: Tensor) -> Tensor:
         ctx.save_for_backward(grid)
         # ``images`` only supplies the input's shape to aten: bilinear weights do not depend on its values.
+        # aten wants one dtype for all three; under bf16 autocast the incoming gradient's may differ.
         grad_images, _ = torch.ops.aten.grid_sampler_2d_backward(
-            grad, images, grid, _BILINEAR, _REFLECTION, True, [True, False])
-        return grad_images
+            grad, images.to(grad.dtype), grid.to(grad.dtype), _BILINEAR, _REFLECTION, True, [True, False])
+        return grad_images.to(images.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_grad: Tensor) -> tuple[Tensor, None, None]:

@@ -22,6 +22,7 @@ from epigraf.data.dataset import ImageDataset
 from epigraf.files import atomic_write, strict_json
 from epigraf.metrics import FeatureExtractor, InceptionFeatures, MetricResult, TorchScriptFeatures
 from epigraf.nn.generator import Generator
+from epigraf.progress import bar_can_draw, kimg_bar_format
 from epigraf.train import distributed
 from epigraf.train.options import TrainOptions
 from epigraf.train.run_snapshots import prepare_run_dir
@@ -119,11 +120,12 @@ class RunLogger:
             # A resumed run repeats the steps after its snapshot: TensorBoard drops the stopped run's copies.
             self.writer = SummaryWriter(str(run_dir), purge_step=start_nimg + 1 if start_nimg > 0 else None)
         self.bar = None
-        if opts.progress:
+        # Where the bar cannot draw (a terminal of zero columns shows nothing), a log line per tick instead.
+        if opts.progress and bar_can_draw():
             from tqdm import tqdm
 
             self.bar = tqdm(total=opts.kimg, initial=start_nimg / 1000, unit="kimg", dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n:.2f}/{total:.0f} kimg [{elapsed}<{remaining}{postfix}]")
+                            bar_format=kimg_bar_format(opts.kimg))
         self.fakes_schedule = FakesSchedule(opts.image_ticks, opts.image_minutes, start=time.time())
         self.grid_z: Tensor | None = None
         self.grid_idx: np.ndarray | None = None
@@ -156,7 +158,8 @@ class RunLogger:
             self.bar.set_description(
                 f"tick {tick} {record['sec_per_kimg']:.1f} s/kimg {record['img_per_sec']:.1f} img/s")
         else:
-            log.info("tick %d kimg %.2f %s", tick, cur_nimg / 1000,
+            log.info("tick %d: %g/%g kimg, %.1f s/kimg, %.1f img/s, %s", tick, cur_nimg / 1000, self.opts.kimg,
+                     record["sec_per_kimg"], record["img_per_sec"],
                      " ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith("loss/")))
 
     def metric(self, result: MetricResult, cur_nimg: int) -> None:

@@ -2,7 +2,7 @@
 
 Same render path as ``epigraf generate``: ``seeds_to_ws`` → ``with_ray_steps`` → ``G.synthesize(ws, "const")`` →
 ``G.render(..., deterministic=True)`` with the camera from ``epigraf.cameras.paths.points`` → ``to_uint8`` /
-``depth_to_uint8`` / ``depth_normals`` — so a frame equals the file ``epigraf generate`` writes for the same
+``depth_to_uint8`` / ``normals_to_uint8`` — so a frame equals the file ``epigraf generate`` writes for the same
 seed, truncation, class, camera, resolution and ray-step multiplier.
 
 Caching: the tri-planes of a latent (its ws and ``G.synthesize`` output) are computed once and kept in an LRU
@@ -42,10 +42,10 @@ from torch import Tensor
 
 from epigraf.cameras.paths import points
 from epigraf.config import CameraConfig
-from epigraf.export.images import depth_to_uint8, to_uint8
+from epigraf.export.images import depth_to_uint8, normals_to_uint8, to_uint8
 from epigraf.export.mesh import MESH_FORMATS, save_mesh
 from epigraf.geometry import extract_geometry
-from epigraf.inference import DEFAULT_RAY_STEP_MULTIPLIER, DEFAULT_TRUNCATION, depth_normals, with_ray_steps
+from epigraf.inference import DEFAULT_RAY_STEP_MULTIPLIER, DEFAULT_TRUNCATION, with_ray_steps
 from epigraf.nn.generator import Generator
 from epigraf.process_settings import release_memory
 from epigraf.seeds import seeds_to_ws
@@ -239,9 +239,9 @@ class Renderer:
             cameras = points([req.yaw], req.pitch, req.fov, cam.radius)
             out = G.render(planes, cameras.to(self.device), resolution=req.resolution, deterministic=True, ws=ws)
             if req.mode == "depth":
-                image = depth_to_uint8(out.depth, cam.ray_start, cam.ray_end)
+                image = depth_to_uint8(out.depth, cam.ray_start, cam.ray_end, opacity=out.opacity)
             elif req.mode == "normals":
-                image = to_uint8(depth_normals(out.depth, cameras.fov))
+                image = normals_to_uint8(out.depth, cameras.fov, opacity=out.opacity)
             else:
                 image = to_uint8(out.image)
         with self._seq_lock:

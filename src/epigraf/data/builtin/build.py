@@ -56,6 +56,7 @@ from epigraf.data.builtin.catalogue import (
     subset_objects,
 )
 from epigraf.data.builtin.render import SUPERSAMPLING, RenderTask, _write, render_object
+from epigraf.files import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,8 @@ def _pybullet_version() -> str | None:
 
 
 def cache_root() -> Path:
-    """``$EPIGRAF_CACHE``, else ``$XDG_CACHE_HOME/epigraf``, else ``~/.cache/epigraf``."""
-    if os.environ.get("EPIGRAF_CACHE"):
-        return Path(os.environ["EPIGRAF_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "epigraf"
+    """epigraf's cache (:func:`epigraf.files.cache_dir`: ``$EPIGRAF_CACHE``, else ``~/.cache/epigraf``)."""
+    return cache_dir()
 
 
 def default_dir(resolution: int = DEFAULT_RESOLUTION, subset: str = DEFAULT_SUBSET, num_objects: int | None = None,
