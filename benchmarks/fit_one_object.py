@@ -41,18 +41,12 @@ from PIL import Image
 from epigraf.config import ModelConfig, PatchConfig, preset
 from epigraf.data.builtin import TOYS, build_builtin_dataset, load_geometry
 from epigraf.files import strict_json
-from epigraf.latents import seeds_to_z
-from epigraf.metrics.geometry import (
-    GeneratorModel,
-    GeometryProtocol,
-    depth_scores,
-    load_builtin_truth,
-    mesh_scores,
-    render_views,
-)
+from epigraf.metrics.builtin_truth import load_builtin_truth
+from epigraf.metrics.geometry import GeneratorModel, GeometryProtocol, depth_scores, mesh_scores, render_views
 from epigraf.nn.field import split_planes
 from epigraf.nn.generator import Generator
 from epigraf.patches import extract_patches, sample_patch_params
+from epigraf.seeds import seeds_to_z
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

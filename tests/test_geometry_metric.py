@@ -18,6 +18,7 @@ from epigraf.checkpoint import save_checkpoint
 from epigraf.config import MEGASCANS_CAMERA, preset
 from epigraf.inference import with_ray_steps
 from epigraf.metrics import geometry as geo
+from epigraf.metrics.builtin_truth import load_builtin_truth
 from epigraf.metrics.shapes import (
     TriangleMesh,
     mesh_density_field,
@@ -26,6 +27,7 @@ from epigraf.metrics.shapes import (
     sphere_mesh,
 )
 from epigraf.nn.generator import Generator
+from epigraf.seeds import seeds_to_ws
 from test_checkpoint import tiny_model_config
 
 # A protocol small enough for the suite: the real one's settings except fewer views and grid points.
@@ -78,8 +80,6 @@ def test_rendering_is_the_generators_own():
     angles = torch.tensor([[0.3, 1.4, 0.0], [-1.0, 2.0, 0.0]])
     cameras = Cameras.from_angles(angles, G.cfg.camera.fov, G.cfg.camera.radius)
     image, depth, opacity = geo.render_views(geo.GeneratorModel(G), None, [3, 5], cameras, 16)
-    from epigraf.latents import seeds_to_ws
-
     G2 = with_ray_steps(G, 2)
     with torch.no_grad():
         ws = seeds_to_ws(G, [3, 5], truncation_psi=1.0)
@@ -103,7 +103,7 @@ def test_the_true_shape_scores_near_perfect_and_a_sphere_clearly_worse(toys):
     against one built the same way from a sphere of the mug's volume at the mug's centre. Measured with 8 views
     (the full protocol's numbers are in docs/results.md): true shape depth error 0.008, silhouette IoU 0.975,
     Chamfer 0.0027, F@1 % 0.998, F@2 % 1.000, volume IoU 0.95; sphere 0.52, 0.39, 0.068, 0.075, 0.149, 0.11."""
-    (mug,) = geo.load_builtin_truth(toys, SMALL.views_per_class, classes=[1])
+    (mug,) = load_builtin_truth(toys, SMALL.views_per_class, classes=[1])
     assert mug.name == "mug" and mug.label == 1 and len(mug.keys) == 4
     tri = mug.mesh.triangles
     volume = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6
@@ -128,7 +128,7 @@ def test_the_true_shape_scores_near_perfect_and_a_sphere_clearly_worse(toys):
 def test_truth_refuses_datasets_without_geometry_and_unlabelled_mixtures(tmp_path, toys):
     (tmp_path / "plain").mkdir()
     with pytest.raises(ValueError, match="not a built-in dataset with true geometry"):
-        geo.load_builtin_truth(tmp_path / "plain")
+        load_builtin_truth(tmp_path / "plain")
     manifest = json.loads((toys / "manifest.json").read_text())
     unlabelled = tmp_path / "unlabelled"
     unlabelled.mkdir()
@@ -136,7 +136,7 @@ def test_truth_refuses_datasets_without_geometry_and_unlabelled_mixtures(tmp_pat
     (unlabelled / "dataset.json").write_text((toys / "dataset.json").read_text())
     (unlabelled / "manifest.json").write_text(json.dumps({**manifest, "classes": None}))
     with pytest.raises(ValueError, match="2 unlabelled objects"):
-        geo.load_builtin_truth(unlabelled)
+        load_builtin_truth(unlabelled)
 
 
 def builtin_like_checkpoint(path, c_dim: int):
@@ -151,15 +151,16 @@ def builtin_like_checkpoint(path, c_dim: int):
 
 def test_cli_measures_every_class_and_logs_jsonl(toys, tmp_path, monkeypatch, capsys):
     from epigraf.cli import main
+    from epigraf.commands import metrics as metrics_command
 
     ckpt = builtin_like_checkpoint(tmp_path / "net.safetensors", c_dim=2)
-    monkeypatch.setattr(geo, "GeometryProtocol", functools.partial(geo.GeometryProtocol, grid_resolution=32,
-                                                                   surface_samples=1000))
+    monkeypatch.setattr(metrics_command, "GeometryProtocol",
+                        functools.partial(geo.GeometryProtocol, grid_resolution=32, surface_samples=1000))
     out = tmp_path / "metrics.jsonl"
     assert main(["metrics", str(ckpt), "--data", str(toys), "--metrics", "geometry", "--num", "2", "--device", "cpu",
                  "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
-    assert stdout.count("protocol: geometry:") == 1 and "non-standard" in stdout
+    assert stdout.count("protocol: geometry:") == 1 and "non-standard settings" in stdout
     assert "duck" in stdout and "mug" in stdout and "vol. IoU" in stdout
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["metric"] == "geometry" and record["cameras"] == "dataset" and record["num_real"] == 4

@@ -27,7 +27,7 @@ from epigraf.checkpoint import load_checkpoint
 from epigraf.commands.arguments import add_device_argument
 from epigraf.metrics.evaluate import METRICS, MetricResult, compute_metric, metric_spec
 from epigraf.metrics.fid import RealStatistics, real_statistics
-from epigraf.metrics.geometry import format_geometry_table
+from epigraf.metrics.geometry import GeometryProtocol, format_geometry_table, geometry_metric
 from epigraf.metrics.inception import InceptionFeatures, TorchScriptFeatures
 from epigraf.metrics.sampling import CAMERA_MODES, dataset_camera_angles
 
@@ -135,7 +135,12 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for name in names:
         num = args.consistency_latents if name == "consistency" and args.consistency_latents is not None else args.num
-        for mode in ["dataset"] if METRICS[name].kind == "geometry" else modes:
+        if METRICS[name].kind == "geometry":  # always the dataset's own cameras
+            protocol = GeometryProtocol() if num is None else GeometryProtocol(views_per_class=num)
+            results.append(geometry_metric(G, args.data, protocol, progress=True))
+            print(f"protocol: {results[-1].protocol}")
+            continue
+        for mode in modes:
             result = compute_metric(G, dataset, name, mode, extractor, args.batch_size, args.device, num=num,
                                     seed=args.seed, resolution=args.resolution, deterministic=args.deterministic,
                                     real_stats=real, cache_dir=cache_dir, progress=True)

@@ -30,11 +30,11 @@ Protocol (``GeometryProtocol``; fixed, the same at every point of a run and for 
   0.5 --resolution 128`` makes it, but with the density outside the ball emptied: the raw density on a 128³ grid
   over the scene's cube, the automatic iso-level (``epigraf.geometry.auto_level``, the same rule), marching cubes.
   Against the toy's true mesh in the world frame, 100,000 points sampled uniformly on each surface (numpy seed
-  0; with 10,000 the samples of a perfect mesh would lie up to the 1 % threshold from the other's, and its F@1 %
-  would read 0.8 on the mug): the Chamfer distance (mean of the two mean nearest-neighbour distances) and the F-score at 1 % and 2 % of the
-  scene extent (0.005 and 0.01 world units for the built-in preset), both in units of the scene extent; and the
-  volume IoU of G's inside (raw density above the level) and the true inside (``shapes.occupancy_grid``) at the
-  same 128³ grid points.
+  0; far fewer lie so sparsely that even a perfect mesh's samples miss the 1 % threshold, docs/results.md): the
+  Chamfer distance (mean of the two mean nearest-neighbour distances) and the F-score at 1 % and 2 % of the
+  scene extent (0.005 and 0.01 world units for the built-in preset), both in units of the scene extent; and
+  the volume IoU of G's inside (raw density above the level) and the true inside (``shapes.occupancy_grid``) at
+  the same 128³ grid points.
 
 ``GeometryModel`` is what is measured: for a label and seeds, a batched field points → (rgb, raw density) plus
 the camera and render configs. ``GeneratorModel`` wraps a generator; ``FieldModel`` wraps fixed fields (the
@@ -44,12 +44,11 @@ which scores clearly worse). Both go through the same renderer, grid and iso-sur
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,19 +58,20 @@ from torch import Tensor
 from tqdm import tqdm
 
 from epigraf.cameras import Cameras
+from epigraf.cameras.rays import pixel_grid, world_rays
 from epigraf.config import CameraConfig, RenderConfig
 from epigraf.geometry import auto_level, sample_grid
 from epigraf.isosurface import extract_isosurface
+from epigraf.metrics.builtin_truth import DEFAULT_VIEWS, ClassTruth, load_builtin_truth, seen_radius
 from epigraf.metrics.evaluate import MetricResult
-from epigraf.metrics.shapes import TriangleMesh, nearest_distances, occupancy_grid, sample_surface
+from epigraf.metrics.shapes import TriangleMesh, nearest_distances, sample_surface
 from epigraf.nn.field import split_planes
 from epigraf.nn.generator import Generator
-from epigraf.rays import pixel_grid, world_rays
 from epigraf.render.volume import RaySamplingOptions, render_rays_chunked
+from epigraf.seeds import seeds_to_ws
 
 __all__ = [
     "ClassGeometry",
-    "ClassTruth",
     "FieldModel",
     "GeneratorModel",
     "GeometryModel",
@@ -81,9 +81,7 @@ __all__ = [
     "expected_depth",
     "format_geometry_table",
     "geometry_metric",
-    "load_builtin_truth",
     "render_views",
-    "seen_radius",
     "training_evaluator",
 ]
 
@@ -97,7 +95,7 @@ BatchField = Callable[[Tensor], Tensor]
 class GeometryProtocol:
     """The metric's fixed settings (module docstring). Change none of them within a comparison."""
 
-    views_per_class: int = 8
+    views_per_class: int = DEFAULT_VIEWS
     truncation_psi: float = 1.0
     ray_step_multiplier: int = 2
     grid_resolution: int = 128
@@ -127,12 +125,6 @@ STANDARD_PROTOCOL = GeometryProtocol()
 
 # Raw density given to grid points outside the seen ball: σ = 0 under either activation and any small shift.
 EMPTY_RAW_DENSITY = -1e4
-
-
-def seen_radius(fov: float, radius: float, near: float, far: float) -> float:
-    """Radius of the ball about the origin that every look-at-origin camera at distance ``radius`` with full
-    field of view ``fov`` (degrees) sees whole, inside its ray interval [near, far] and its image."""
-    return min(far - radius, radius - near, radius * math.sin(math.radians(fov) / 2))
 
 
 def expected_depth(depth_sum: Tensor, opacity: Tensor, threshold: float = 0.5) -> Tensor:
@@ -168,8 +160,6 @@ class GeneratorModel:
 
     @torch.no_grad()
     def scenes(self, label: int | None, seeds: Sequence[int]) -> BatchField:
-        from epigraf.latents import seeds_to_ws
-
         ws = seeds_to_ws(self.G, list(seeds), self.truncation_psi, class_index=label)
         feats = split_planes(self.G.synthesize(ws, noise_mode="const"), self.G.cfg.triplane_channels)
         return lambda points: self.G.field(feats, points)
@@ -190,100 +180,6 @@ class FieldModel:
         if label not in self.fields:
             raise ValueError(f"no field for label {label}")
         return self.fields[label]
-
-
-# The truth ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ClassTruth:
-    """One class of a built-in dataset: its object, the protocol's views and the object's true mesh.
-
-    angles [V, 3]; fov (degrees) and radius: the dataset's camera; depth [V, R, R] (distance along the ray, +inf
-    off the object); mask [V, R, R] (coverage). Occupancy grids and surface samples are computed on first use
-    and kept.
-    """
-
-    name: str
-    label: int | None
-    keys: list[str]
-    angles: Tensor
-    fov: float
-    radius: float
-    depth: Tensor
-    mask: Tensor
-    mesh: TriangleMesh
-    _cache: dict[Any, np.ndarray] = field(default_factory=dict, repr=False)
-
-    @property
-    def cameras(self) -> Cameras:
-        return Cameras.from_angles(self.angles, self.fov, self.radius)
-
-    def occupancy(self, axis: np.ndarray) -> np.ndarray:
-        key = ("occupancy", len(axis), float(axis[0]), float(axis[-1]))
-        if key not in self._cache:
-            self._cache[key] = occupancy_grid(self.mesh, axis)
-        return self._cache[key]
-
-    def surface_samples(self, n: int, seed: int) -> np.ndarray:
-        key = ("samples", n, seed)
-        if key not in self._cache:
-            self._cache[key] = sample_surface(self.mesh, n, seed)
-        return self._cache[key]
-
-
-def _mesh_object(name: str):
-    from epigraf.data import builtin
-
-    extras = {e[0]: e for e in builtin.EXTRA_MESHES}
-    if name in extras:
-        return builtin.MeshObject(*extras[name])
-    for obj in builtin.catalogue():
-        if obj.name == name:
-            return obj
-    raise ValueError(f"the built-in catalogue has no object {name!r}")
-
-
-def load_builtin_truth(root: str | Path, views_per_class: int = GeometryProtocol.views_per_class,
-                       classes: Sequence[int] | None = None) -> list[ClassTruth]:
-    """The truth of a built-in dataset (``epigraf dataset builtin``), one ``ClassTruth`` per class.
-
-    A labelled dataset (the named subsets) gives one per class in label order (``classes``: a subset of labels);
-    an unlabelled one must hold one object (e.g. ``--num-objects 1``) and gives it with label None. The meshes
-    are read from pybullet's data (the ``builtin`` extra).
-    """
-    from epigraf.data import builtin
-
-    root = Path(root)
-    manifest = builtin.read_manifest(root)
-    if manifest is None or not (root / "geometry").is_dir():
-        raise ValueError(f"{root} is not a built-in dataset with true geometry (no manifest.json or geometry/): "
-                         "the geometry metric needs one (`epigraf dataset builtin`)")
-    meta = json.loads((root / "dataset.json").read_text())
-    names = [o["name"] for o in manifest["objects"]]
-    labelled = manifest.get("classes") is not None
-    if not labelled and len(names) != 1:
-        raise ValueError(f"{root} holds {len(names)} unlabelled objects: the geometry metric measures a class per "
-                         "object, so it needs a labelled subset or a one-object dataset")
-    radius = float(manifest["params"]["object_radius"])
-    wanted = range(len(names)) if classes is None else classes
-    truths = []
-    for label in wanted:
-        if not 0 <= label < len(names):
-            raise ValueError(f"class {label} is not in [0, {len(names)})")
-        name = names[label]
-        keys = sorted(k for k in meta["camera_angles"] if k.split("/")[1] == name)[:views_per_class]
-        if labelled and any(meta["labels"][k] != label for k in keys):
-            raise ValueError(f"{root}: the images of {name} are not labelled {label}")
-        arrays = [builtin.load_geometry(root, k) for k in keys]
-        vertices, faces = builtin.object_mesh(_mesh_object(name), radius)
-        truths.append(ClassTruth(
-            name=name, label=label if labelled else None, keys=keys,
-            angles=torch.tensor([meta["camera_angles"][k] for k in keys], dtype=torch.float32),
-            fov=float(meta["camera"]["fov"]), radius=float(meta["camera"]["radius"]),
-            depth=torch.from_numpy(np.stack([d for d, _ in arrays])),
-            mask=torch.from_numpy(np.stack([m for _, m in arrays])), mesh=TriangleMesh(vertices, faces)))
-    return truths
 
 
 # Measuring ------------------------------------------------------------------------------------------------
