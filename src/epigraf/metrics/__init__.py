@@ -1,4 +1,5 @@
-"""Evaluation: FID/KID with Inception-v3 features, and the 3D-consistency metric (docs/method.md §7.1).
+"""Evaluation: FID/KID with Inception-v3 features, the 3D-consistency metric (docs/method.md §7.1), and geometry
+against the built-in dataset's true shapes.
 
     from epigraf import load_checkpoint
     from epigraf.data import ImageDataset
@@ -9,10 +10,13 @@
     fid = compute_metric(G, data, "fid50k_full", "dataset", InceptionFeatures(), device="cuda")
     print(fid.value, fid.protocol)
     print(consistency_metric(G, data, "dataset", num_latents=64).mae)
+    print(geometry_metric(G, "~/.cache/epigraf/builtin-v1-toys-64").details["mean"])   # a built-in model
 
 Module map: ``inception`` (the detector and where its weights come from), ``fid`` (FID, KID, statistics,
 real-statistics cache), ``sampling`` (cameras and labels of fakes), ``evaluate`` (the named protocols),
-``consistency`` (reprojection between views).
+``consistency`` (reprojection between views), ``geometry`` (depth, silhouettes and meshes against the truth),
+``builtin_truth`` (that truth: views, depth, coverage and meshes of a built-in dataset), ``shapes`` (meshes →
+inside/outside, surface samples, density fields).
 """
 
 from epigraf.metrics.consistency import (
@@ -32,6 +36,7 @@ from epigraf.metrics.fid import (
     kernel_inception_distance,
     real_statistics,
 )
+from epigraf.metrics.geometry import GeometryProtocol, geometry_metric
 from epigraf.metrics.inception import (
     ENV_VAR,
     FeatureExtractor,
@@ -48,6 +53,7 @@ __all__ = [
     "ConsistencyResult",
     "FeatureExtractor",
     "FeatureMoments",
+    "GeometryProtocol",
     "InceptionFeatures",
     "MetricResult",
     "RealStatistics",
@@ -60,6 +66,7 @@ __all__ = [
     "find_inception_weights",
     "frechet_distance",
     "generate_images",
+    "geometry_metric",
     "kernel_inception_distance",
     "project_points",
     "real_statistics",

@@ -1,4 +1,6 @@
-"""Metric protocols (docs/method.md §7.1): ``fid2k_full``, ``fid50k_full``, ``kid50k_full`` and ``consistency``.
+"""Metric protocols (docs/method.md §7.1): ``fid2k_full``, ``fid50k_full``, ``kid50k_full`` and ``consistency``;
+``geometry`` (the built-in dataset's true shapes) is named here and computed by ``epigraf.metrics.geometry``
+(``geometry_metric``), which reads the dataset's folder.
 
 *_full: the detector features of **all** real images (no x-flips) against N fakes from the generator
 (G_ema) with ψ = 1, random StyleGAN noise and the original's stochastic ray sampling (unless
@@ -45,7 +47,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """kind: "fid" | "kid" | "consistency"; num: fakes (FID/KID) or latents (consistency)."""
+    """kind: "fid" | "kid" | "consistency" | "geometry"; num: fakes (FID/KID), latents (consistency) or views
+    per class (geometry)."""
 
     name: str
     kind: str
@@ -61,6 +64,7 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("fid50k_full", "fid", 50000),
         MetricSpec("kid50k_full", "kid", 50000),
         MetricSpec("consistency", "consistency", 64),
+        MetricSpec("geometry", "geometry", 8),
     )
 }
 
@@ -170,7 +174,8 @@ def compute_metric(
     """Compute one metric of ``METRICS`` under one camera mode ("dataset" | "random").
 
     feature_extractor: any ``FeatureExtractor`` (``InceptionFeatures()`` for comparable numbers; tests
-    inject tiny networks); not needed for ``consistency``. num overrides the number of fakes (or latents),
+    inject tiny networks); not needed for ``consistency``. ``geometry`` is not computed here
+    (``epigraf.metrics.geometry.geometry_metric``). num overrides the number of fakes (or latents),
     which makes the result non-standard (said so in ``protocol``). real_stats: precomputed real statistics
     (e.g. shared across metrics); otherwise they are read from / written to the cache (``cache_dir``: a
     folder, None = default, False = off). progress: bars with ETA on stderr for the long loops.
@@ -183,6 +188,9 @@ def compute_metric(
     if n < minimum:
         raise ValueError(f"{name} needs at least {minimum} samples, got {n}")
     t0 = time.perf_counter()
+    if spec.kind == "geometry":
+        raise ValueError("the geometry metric measures against a built-in dataset's true shapes: use "
+                         "epigraf.metrics.geometry.geometry_metric(G, folder)")
     if spec.kind == "consistency":
         r = consistency_metric(G, dataset, camera_mode, num_latents=n, batch_size=batch_size, device=device,
                                seed=seed, resolution=resolution, progress=progress)

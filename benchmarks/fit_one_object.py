@@ -1,0 +1,226 @@
+"""The capacity diagnostic of issue 25: the built-in generator and renderer fitted directly to one toy's views.
+
+    python benchmarks/fit_one_object.py --object mug --minutes 8 [--mode generator|planes] [--evals 3]
+                                        [--batch-size 4] [--lr LR] [--set generator.triplane_resolution=128 ...]
+                                        [--tag NAME] [--threads N] [--out JSON]
+
+The JSON goes to ``benchmarks/results/fit_<object>_<mode>[-<tag>].json`` unless ``--out`` is given.
+
+No discriminator: an unconditional ``builtin`` generator with one fixed latent (seed 0, constant noise) is
+trained with Adam on the L2 error of its colours plus the L2 error of its opacity against the true coverage, on
+random 32² patches (scale uniform in [½, 1], like the training's patches) of random views of the toy, with the
+training's stochastic ray sampling and no density noise. ``--mode generator`` (default) trains the whole
+generator (mapping, tri-plane synthesis, field MLP) with the GAN recipe's G settings (lr 0.0025, β = (0, 0.99),
+the equalised-lr multipliers of its layers): the ceiling of what the GAN can reach with this generator and
+renderer. ``--mode planes`` optimises the tri-planes themselves (initialised to the generator's output) and the
+field MLP (lr 0.01 by default): the ceiling of the representation, tri-planes + MLP + renderer, without the
+synthesis network. If either is a blob, the GAN cannot do better.
+
+At step 0 and ``--evals`` times spread over the training budget (their time not counted in it), it measures the
+standard geometry protocol (``epigraf.metrics.geometry``: the first 8 views of the toy at the dataset's
+cameras, ray steps × 2, mesh at the automatic iso-level on a 128³ grid) plus the PSNR of the same 8 renders
+against the real images (views the fit trains on: this is a fit, not a generalisation test). Prints a table,
+writes JSON. ``--set`` overrides a field of the preset's ``ModelConfig`` by its dotted path (a probe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from machine import device_name
+from PIL import Image
+
+from epigraf.config import ModelConfig, PatchConfig, preset
+from epigraf.data.builtin import TOYS, build_builtin_dataset, load_geometry
+from epigraf.files import strict_json
+from epigraf.metrics.builtin_truth import load_builtin_truth
+from epigraf.metrics.geometry import GeneratorModel, GeometryProtocol, depth_scores, mesh_scores, render_views
+from epigraf.nn.field import split_planes
+from epigraf.nn.generator import Generator
+from epigraf.patches import extract_patches, sample_patch_params
+from epigraf.seeds import seeds_to_z
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def override(cfg, path: str, text: str):
+    """A copy of the (nested) dataclass ``cfg`` with the field at dotted ``path`` set to ``text`` parsed as
+    its current value's type."""
+    head, _, rest = path.partition(".")
+    if not dataclasses.is_dataclass(cfg) or head not in {f.name for f in dataclasses.fields(cfg)}:
+        raise ValueError(f"--set: no field {head!r} in {type(cfg).__name__}")
+    current = getattr(cfg, head)
+    if rest:
+        return dataclasses.replace(cfg, **{head: override(current, rest, text)})
+    if isinstance(current, bool):
+        value = text.lower() in ("1", "true", "yes")
+    elif current is None:
+        value = None if text == "None" else text
+    else:
+        value = type(current)(text)
+    return dataclasses.replace(cfg, **{head: value})
+
+
+def model_config(sets: list[str]) -> ModelConfig:
+    cfg = preset("builtin")
+    for item in sets:
+        path, _, text = item.partition("=")
+        cfg = override(cfg, path, text)
+    return dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, c_dim=0))
+
+
+def load_views(root: Path, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every view of one object: images [N, 3, R, R] in [−1, 1], coverage [N, 1, R, R], angles [N, 3]."""
+    meta = json.loads((root / "dataset.json").read_text())
+    keys = sorted(k for k in meta["camera_angles"] if k.split("/")[1] == name)
+    images = np.stack([np.asarray(Image.open(root / f"{k}.png").convert("RGB")) for k in keys])
+    masks = np.stack([load_geometry(root, k)[1] for k in keys])
+    return (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1,
+            torch.from_numpy(masks)[:, None], torch.tensor([meta["camera_angles"][k] for k in keys]))
+
+
+def evaluate(G: Generator, planes: torch.Tensor | None, truth, reals: torch.Tensor,
+             protocol: GeometryProtocol) -> dict[str, float]:
+    """The geometry protocol's scores and the PSNR (dB, colours in [0, 1]) of the protocol's 8 renders."""
+    t0 = time.perf_counter()
+    G.eval()
+    model = GeneratorModel(G, protocol.truncation_psi) if planes is None else PlanesModel(G, planes)
+    seeds = [0] * len(truth.keys)  # one scene: the fitted latent (seed 0) or planes
+    image, depth_sum, opacity = render_views(model, None, seeds, truth.cameras, truth.depth.shape[-1], protocol)
+    cam = G.cfg.camera
+    scores = depth_scores(depth_sum, opacity, truth.depth, truth.mask, cam.ray_start, cam.ray_end, protocol)
+    mse = float((((image.clamp(-1, 1) - reals) / 2) ** 2).mean())
+    scores["psnr"] = -10 * math.log10(max(mse, 1e-10))
+    scores.update(mesh_scores(model, truth, protocol))
+    G.train()
+    return {**scores, "eval_seconds": time.perf_counter() - t0}
+
+
+class PlanesModel:
+    """The geometry metric's model for fitted tri-planes [1, C, R, R]: every seed sees the same scene."""
+
+    def __init__(self, G: Generator, planes: torch.Tensor) -> None:
+        self.G, self.planes = G, planes
+        self.camera, self.render, self.device = G.cfg.camera, G.cfg.render, planes.device
+
+    @torch.no_grad()
+    def scenes(self, label, seeds):
+        feats = split_planes(self.planes.detach().expand(len(seeds), -1, -1, -1), self.G.cfg.triplane_channels)
+        return lambda points: self.G.field(feats, points)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--object", default="mug", choices=TOYS)
+    p.add_argument("--minutes", type=float, default=8.0, help="training wall time (evaluations not counted)")
+    p.add_argument("--evals", type=int, default=3, help="evaluations spread over the training (plus step 0)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--mode", choices=("generator", "planes"), default="generator")
+    p.add_argument("--lr", type=float, default=None, help="default 0.0025 (generator) or 0.01 (planes)")
+    p.add_argument("--mask-weight", type=float, default=1.0)
+    p.add_argument("--views", type=int, default=256, help="views of the toy rendered for the fit")
+    p.add_argument("--set", nargs="*", default=[], metavar="PATH=VALUE", help="ModelConfig overrides (a probe)")
+    p.add_argument("--tag", default="", help="suffix of the default output name")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    cfg = model_config(args.set)
+    res = cfg.generator.image_resolution
+    index = TOYS.index(args.object)
+    root = build_builtin_dataset(resolution=res, subset="toys", num_objects=index + 1, views_per_object=args.views,
+                                 progress=True)
+    protocol = GeometryProtocol()
+    truth = dataclasses.replace(load_builtin_truth(root, protocol.views_per_class, [index])[0], label=None)
+    images, masks, angles = load_views(root, args.object)
+    eval_reals = images[: protocol.views_per_class]
+
+    G = Generator(cfg.generator).train()
+    z = seeds_to_z([0], G.z_dim)
+    planes = None
+    if args.mode == "planes":
+        with torch.no_grad():
+            planes = torch.nn.Parameter(G.synthesize(G.mapping(z, None), noise_mode="const"))
+        params = [planes, *G.field.parameters()]
+    else:
+        params = list(G.parameters())
+    args.lr = args.lr if args.lr is not None else (0.0025 if args.mode == "generator" else 0.01)
+    opt = torch.optim.Adam(params, lr=args.lr, betas=(0.0, 0.99), eps=1e-8)
+    patch_cfg = dataclasses.replace(cfg.patch, distribution="uniform", group_size=1)
+    assert isinstance(patch_cfg, PatchConfig)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    rows: list[dict] = []
+    train_seconds, step, started = 0.0, 0, time.time()
+
+    def record() -> None:
+        row = {"step": step, "train_seconds": round(train_seconds, 1),
+               **evaluate(G, planes, truth, eval_reals, protocol)}
+        rows.append(row)
+        print(f"step {step:5d}  train {train_seconds / 60:5.1f} min  PSNR {row['psnr']:5.2f} dB  depth err "
+              f"{row['depth_error']:.4f}  sil. IoU {row['silhouette_iou']:.3f}  F@2% {row['fscore_2']:.3f}  "
+              f"vol. IoU {row['volume_iou']:.3f}  (eval {row['eval_seconds']:.0f} s)", flush=True)
+
+    record()
+    budget = args.minutes * 60
+    marks = [budget * (i + 1) / args.evals for i in range(args.evals)]
+    losses = []
+    while marks:
+        t0 = time.perf_counter()
+        idx = torch.randint(len(images), (args.batch_size,), generator=gen)
+        pp = sample_patch_params(args.batch_size, patch_cfg, patch_cfg.anneal_kimg, generator=gen)  # [½, 1]
+        real = extract_patches(images[idx], pp, cfg.patch.resolution)
+        mask = extract_patches(masks[idx], pp, cfg.patch.resolution)
+        # One scene: its tri-planes computed once per step and rendered from every view of the batch.
+        scene = G.synthesize(G.mapping(z, None), noise_mode="const") if planes is None else planes
+        out = G.render(scene.expand(args.batch_size, -1, -1, -1), G.cameras(angles[idx]), patch_params=pp)
+        loss = ((out.image - real) ** 2).mean() + args.mask_weight * ((out.opacity - mask) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        train_seconds += time.perf_counter() - t0
+        if train_seconds >= marks[0]:
+            marks.pop(0)
+            record()
+            rows[-1]["loss"] = float(np.mean(losses[-50:]))
+
+    load = os.getloadavg()
+    result = {
+        "object": args.object, "mode": args.mode, "device": device_name("cpu"), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "load_average_at_end": [round(x, 2) for x in load],
+        "wall_seconds": round(time.time() - started, 1), "set": args.set, "batch_size": args.batch_size,
+        "lr": args.lr, "mask_weight": args.mask_weight, "views": len(images), "protocol": protocol.describe(),
+        "steps_per_second": step / max(train_seconds, 1e-9), "rows": rows,
+    }
+    print()
+    print("| step | train min | PSNR (dB) | depth err | (hits) | bias (hits) | sil. IoU | Chamfer | F@1% | F@2% "
+          "| vol. IoU |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['step']} | {r['train_seconds'] / 60:.1f} | {r['psnr']:.2f} | {r['depth_error']:.4f} | "
+              f"{r['depth_error_hits']:.4f} | {r['depth_bias_hits']:+.4f} | {r['silhouette_iou']:.3f} | "
+              f"{r['chamfer']:.4f} | {r['fscore_1']:.3f} | {r['fscore_2']:.3f} | {r['volume_iou']:.3f} |")
+    print(f"{result['device']}, {result['threads']} threads, load average at the end {result['load_average_at_end']}, "
+          f"{step} steps at {result['steps_per_second']:.2f} steps/s, wall {result['wall_seconds'] / 60:.1f} min")
+    out = args.out or RESULTS / f"fit_{args.object}_{args.mode}{'-' + args.tag if args.tag else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(strict_json(result), indent=1, allow_nan=False) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
