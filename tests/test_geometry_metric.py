@@ -42,13 +42,6 @@ def box_mesh(lo: float, hi: float) -> TriangleMesh:
     return TriangleMesh(v, np.asarray(faces, dtype=np.int64))
 
 
-def test_expected_depth_is_the_depth_of_the_rays_that_terminate():
-    depth_sum, opacity = torch.tensor([0.5, 0.3, 0.0]), torch.tensor([0.5, 0.3, 0.0])
-    d = geo.expected_depth(depth_sum * 2, opacity)
-    assert d[0] == pytest.approx(2.0) and math.isnan(d[1]) and math.isnan(d[2])
-    assert geo.expected_depth(depth_sum, opacity, threshold=0.2)[1] == pytest.approx(1.0)
-
-
 def test_occupancy_is_the_inside_of_closed_doubled_and_open_meshes():
     axis = np.linspace(-0.5, 0.5, 48)
     h = axis[1] - axis[0]

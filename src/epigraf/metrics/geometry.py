@@ -11,8 +11,9 @@ Protocol (``GeometryProtocol``; fixed, the same at every point of a run and for 
   labels and resolution. View i is rendered from latent seed i (z = ``RandomState(i).randn``), ψ = 1, constant
   StyleGAN noise, deterministic ray sampling with the model's ray steps × 2 (``epigraf generate``'s inference
   setting), foreground only.
-* **Depth error.** G's expected depth given a hit, Σw·t / Σw where the opacity Σw ≥ 0.5 (``expected_depth``),
-  against the true depth where the true coverage ≥ 0.5, over the union of the two silhouettes; a pixel that only
+* **Depth error.** G's expected depth given a hit, Σw·t / Σw where the opacity Σw ≥ 0.5
+  (``epigraf.render.depth.surface_depth``, what the depth maps show), against the true depth where the true
+  coverage ≥ 0.5, over the union of the two silhouettes; a pixel that only
   one of them covers takes the far end of the ray interval for the other. Reported: the median |Δdepth| as a
   fraction of the ray interval (far − near), pooled over the class's views, and the same median over the pixels
   both cover (``depth_error_hits``, the error of the surface alone) with its signed counterpart
@@ -67,6 +68,7 @@ from epigraf.metrics.evaluate import MetricResult
 from epigraf.metrics.shapes import TriangleMesh, nearest_distances, sample_surface
 from epigraf.nn.field import split_planes
 from epigraf.nn.generator import Generator
+from epigraf.render.depth import surface_depth
 from epigraf.render.volume import RaySamplingOptions, render_rays_chunked
 from epigraf.seeds import seeds_to_ws
 
@@ -78,7 +80,6 @@ __all__ = [
     "GeometryProtocol",
     "GeometryResult",
     "evaluate_geometry",
-    "expected_depth",
     "format_geometry_table",
     "geometry_metric",
     "render_views",
@@ -125,15 +126,6 @@ STANDARD_PROTOCOL = GeometryProtocol()
 
 # Raw density given to grid points outside the seen ball: σ = 0 under either activation and any small shift.
 EMPTY_RAW_DENSITY = -1e4
-
-
-def expected_depth(depth_sum: Tensor, opacity: Tensor, threshold: float = 0.5) -> Tensor:
-    """Expected depth of the rays that terminate: Σw·t / Σw where Σw ≥ ``threshold``, NaN elsewhere.
-
-    depth_sum: the renderer's depth Σw·t (not divided by the opacity); opacity: Σw; same shapes.
-    """
-    hit = opacity >= threshold
-    return torch.where(hit, depth_sum / opacity.clamp_min(1e-12), torch.full_like(depth_sum, math.nan))
 
 
 # Models ---------------------------------------------------------------------------------------------------
@@ -215,10 +207,10 @@ def render_views(model: GeometryModel, label: int | None, seeds: Sequence[int], 
 def depth_scores(depth_sum: Tensor, opacity: Tensor, true_depth: Tensor, true_mask: Tensor, near: float,
                  far: float, protocol: GeometryProtocol = GeometryProtocol()) -> dict[str, float]:
     """Depth error and silhouette IoU (module docstring) of renders against the truth, all [V, R, R]."""
-    hit = opacity >= protocol.hit_opacity
+    expected, hit = surface_depth(depth_sum, opacity, protocol.hit_opacity)
     true_hit = true_mask >= protocol.mask_threshold
     union, both = hit | true_hit, hit & true_hit
-    ours = torch.where(hit, expected_depth(depth_sum, opacity, protocol.hit_opacity), torch.tensor(far))
+    ours = torch.where(hit, expected, torch.tensor(far))
     theirs = torch.where(true_hit, true_depth, torch.tensor(far))
     error = ((ours - theirs).abs() / (far - near)).clamp(max=1.0)
 
