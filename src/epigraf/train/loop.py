@@ -58,7 +58,7 @@ from epigraf.train.run_snapshots import (
     tensor_bytes,
     write_snapshot,
 )
-from epigraf.train.step import NONFINITE_GRADS, StepObserver, make_optimizers, replace_nonfinite_
+from epigraf.train.step import NONFINITE_GRADS, StepObserver, make_optimizers, nonfinite_flag, replace_nonfinite_
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +84,6 @@ class InterruptFlag:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def nonfinite_flag(tensors: list[Tensor]) -> Tensor:
-    """A 0-d float tensor, 1 if any of ``tensors`` holds a NaN or an infinity, else 0.
-
-    torch's fused multi-tensor check (the one AMP's grad scaler uses, here with scale 1, which leaves every value as
-    it is) reads each tensor once; ``isfinite(g).all()`` per tensor makes four passes and a temporary per tensor.
-    On CPUs, ffhq256's D (27 M parameters): 212 ms against 884 (benchmarks/RESULTS.md, "Where the time goes").
-    """
-    found = torch.zeros((), device=tensors[0].device) if tensors else torch.zeros(())
-    if tensors:
-        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones((), device=found.device))
-    return found.bool()
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: Tensor,
