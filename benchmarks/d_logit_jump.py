@@ -62,7 +62,7 @@ def main() -> None:
     fakes = FakeDraws(torch.randn(b, cfg.generator.z_dim), torch.zeros(b, 0), fake_angles, fake_angles, pp_fake)
     loss = PatchGANLoss(cfg, G, D, None, cfg.r1_gamma, 10.0, 200.0)
     with torch.no_grad():
-        fake = loss.generate(fakes, args.kimg)
+        fake = loss.generate(fakes, args.kimg).image
     real_patch = loss.real_patches(x, pp_real)
 
     def logits() -> tuple[float, float]:

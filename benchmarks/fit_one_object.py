@@ -1,7 +1,8 @@
 """The capacity diagnostic of issue 25: the built-in generator and renderer fitted directly to one toy's views.
 
     python benchmarks/fit_one_object.py --object mug --minutes 8 [--mode generator|planes] [--evals 3]
-                                        [--batch-size 4] [--lr LR] [--set generator.triplane_resolution=128 ...]
+                                        [--batch-size 4] [--lr LR] [--distortion-weight W]
+                                        [--set generator.triplane_resolution=128 ...]
                                         [--tag NAME] [--threads N] [--out JSON]
 
 The JSON goes to ``benchmarks/results/fit_<object>_<mode>[-<tag>].json`` unless ``--out`` is given.
@@ -126,6 +127,8 @@ def main() -> None:
     p.add_argument("--mode", choices=("generator", "planes"), default="generator")
     p.add_argument("--lr", type=float, default=None, help="default 0.0025 (generator) or 0.01 (planes)")
     p.add_argument("--mask-weight", type=float, default=1.0)
+    p.add_argument("--distortion-weight", type=float, default=0.0,
+                   help="weight of the weights' distortion (Mip-NeRF 360's loss) in the fit's loss")
     p.add_argument("--views", type=int, default=256, help="views of the toy rendered for the fit")
     p.add_argument("--set", nargs="*", default=[], metavar="PATH=VALUE", help="ModelConfig overrides (a probe)")
     p.add_argument("--tag", default="", help="suffix of the default output name")
@@ -185,8 +188,11 @@ def main() -> None:
         mask = extract_patches(masks[idx], pp, cfg.patch.resolution)
         # One scene: its tri-planes computed once per step and rendered from every view of the batch.
         scene = G.synthesize(G.mapping(z, None), noise_mode="const") if planes is None else planes
-        out = G.render(scene.expand(args.batch_size, -1, -1, -1), G.cameras(angles[idx]), patch_params=pp)
+        out = G.render(scene.expand(args.batch_size, -1, -1, -1), G.cameras(angles[idx]), patch_params=pp,
+                       with_distortion=args.distortion_weight > 0)
         loss = ((out.image - real) ** 2).mean() + args.mask_weight * ((out.opacity - mask) ** 2).mean()
+        if args.distortion_weight > 0:
+            loss = loss + args.distortion_weight * out.distortion.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -203,7 +209,8 @@ def main() -> None:
         "object": args.object, "mode": args.mode, "device": device_name("cpu"), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "load_average_at_end": [round(x, 2) for x in load],
         "wall_seconds": round(time.time() - started, 1), "set": args.set, "batch_size": args.batch_size,
-        "lr": args.lr, "mask_weight": args.mask_weight, "views": len(images), "protocol": protocol.describe(),
+        "lr": args.lr, "mask_weight": args.mask_weight,
+        "distortion_weight": args.distortion_weight, "views": len(images), "protocol": protocol.describe(),
         "steps_per_second": step / max(train_seconds, 1e-9), "rows": rows,
     }
     print()

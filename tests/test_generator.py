@@ -365,3 +365,33 @@ def test_open_far_end_lets_empty_rays_show_white(open_far_end):
     else:
         torch.testing.assert_close(out.opacity, torch.ones_like(out.opacity), atol=1e-5, rtol=0)
         assert (out.image - 1).abs().amax() > 0.1
+
+
+def test_density_gain_scales_the_raw_density_only():
+    torch.manual_seed(0)
+    cfg = tiny_generator_config()
+    G, G_gain = Generator(cfg).eval(), Generator(dataclasses.replace(cfg, density_gain=10.0)).eval()
+    G_gain.load_state_dict(G.state_dict())
+    feats = split_planes(torch.randn(2, 3 * cfg.triplane_channels, 32, 32), cfg.triplane_channels)
+    points = torch.rand(2, 50, 3) * 0.4 - 0.2
+    plain, gained = G.field(feats, points), G_gain.field(feats, points)
+    assert torch.equal(gained[..., :3], plain[..., :3])
+    torch.testing.assert_close(gained[..., 3], plain[..., 3] * 10)
+    with pytest.raises(ValueError, match="density_gain must be positive"):
+        dataclasses.replace(cfg, density_gain=0.0)
+
+
+def test_distortion_is_rendered_only_when_asked_and_chunks_agree():
+    torch.manual_seed(0)
+    cfg = tiny_generator_config()
+    G = Generator(cfg).eval()
+    G_chunked = Generator(dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, chunk_rays=100))).eval()
+    G_chunked.load_state_dict(G.state_dict())
+    z, angles = torch.randn(2, 16), torch.tensor([[0.1, 1.5, 0.0], [0.4, 1.2, 0.0]])
+    with torch.no_grad():
+        assert G(z, None, angles, deterministic=True).distortion is None
+        whole = G(z, None, angles, deterministic=True, with_distortion=True)
+        chunked = G_chunked(z, None, angles, deterministic=True, with_distortion=True)
+    assert whole.distortion.shape == whole.opacity.shape
+    assert (whole.distortion >= 0).all() and whole.distortion.max() > 0
+    torch.testing.assert_close(whole.distortion, chunked.distortion, atol=1e-6, rtol=0)

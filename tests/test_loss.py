@@ -94,7 +94,7 @@ class RecordingG(nn.Module):
     def forward(self, z: Tensor, c: Tensor | None, camera_angles: Tensor, **kwargs) -> SimpleNamespace:
         self.calls.append({"camera_angles": camera_angles, **kwargs})
         self.images.append(torch.rand(z.shape[0], 3, r, r) * 2 - 1)
-        return SimpleNamespace(image=self.images[-1])
+        return SimpleNamespace(image=self.images[-1], distortion=None)
 
 
 class MaskAugment(nn.Module):
@@ -125,8 +125,9 @@ def phase_inputs(batch: int, seed: int = 0, kimg: float = 0.0) -> IterationDraws
 
 
 def make_loss(G: nn.Module, D: nn.Module, augment: nn.Module | None = None, gamma: float = 0.3,
-              cfg: ModelConfig | None = None) -> PatchGANLoss:
-    return PatchGANLoss(cfg or tiny_model_config(), G, D, augment, gamma, blur_init_sigma=10.0, blur_fade_kimg=200.0)
+              cfg: ModelConfig | None = None, **kwargs) -> PatchGANLoss:
+    return PatchGANLoss(cfg or tiny_model_config(), G, D, augment, gamma, blur_init_sigma=10.0, blur_fade_kimg=200.0,
+                        **kwargs)
 
 
 # ----------------------------------------------------------------------------- R1
@@ -343,3 +344,27 @@ def test_trainer_runs_lazy_r1_every_interval_with_the_corrected_adam(dataset_dir
     assert (g_group["lr"], tuple(g_group["betas"])) == (0.001, (0.0, 0.99))
     assert d_group["eps"] == g_group["eps"] == 1e-8
 
+
+
+# ----------------------------------------------------------------------------- distortion
+
+
+@pytest.mark.parametrize("weight", [0.0, 2.5])
+def test_generator_loss_adds_the_weighted_distortion_of_the_fakes(weight):
+    """With D ≡ 0 the non-saturating term is log 2; the rest is weight × the mean distortion of the same render."""
+    torch.manual_seed(0)
+    cfg = tiny_model_config()
+    G = Generator(cfg.generator)
+    fake = phase_inputs(4).gall
+    loss = make_loss(G, LinearD(torch.zeros(3, r, r)), cfg=cfg, deterministic_render=True, distortion_weight=weight)
+    result = loss.generator_loss(fake, 50.0)
+    with torch.no_grad():
+        out = G(fake.z, None, fake.camera_angles, patch_params=fake.patch, deterministic=True, resolution=r,
+                with_distortion=True)
+    expected = math.log(2) + weight * out.distortion.mean().item()
+    assert result.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert ("loss/distortion" in result.stats) == (weight > 0)
+    if weight > 0:
+        assert result.stats["loss/distortion"] == pytest.approx(out.distortion.mean().item(), rel=1e-5)
+        result.loss.backward()
+        assert G.field.mlp.model[-1].weight.grad.abs().sum() > 0

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from epigraf import schedules
 from epigraf.config import PatchConfig
-from epigraf.render.compositing import composite, density_activation
+from epigraf.render.compositing import composite, density_activation, weight_distortion
 from epigraf.render.samplers import coarse_depths, importance_depths, sample_pdf
 
 # Property 8 ----------------------------------------------------------------------------------------
@@ -247,3 +248,36 @@ def test_patch_schedules():
     assert schedules.patch_min_scale(0, cfg) == 1.0
     assert schedules.patch_min_scale(5000, cfg) == pytest.approx(0.5625)
     assert schedules.patch_min_scale(10000, cfg) == pytest.approx(0.125)
+
+
+def _brute_force_distortion(weights, depths, near, far):
+    s = (depths - near) / (far - near)
+    widths = torch.cat([s[1:] - s[:-1], s.new_zeros(1)])
+    mids = s + widths / 2
+    pairs = (weights[:, None] * weights[None, :] * (mids[:, None] - mids[None, :]).abs()).sum()
+    return pairs + (weights.square() * widths).sum() / 3
+
+
+def test_weight_distortion_equals_its_quadratic_definition(torch_generator):
+    depths = torch.sort(torch.rand(3, 5, 24, generator=torch_generator) * 0.5 + 0.75, dim=-1).values
+    weights = torch.rand(3, 5, 24, generator=torch_generator) / 24
+    fast = weight_distortion(weights, depths, 0.75, 1.25)
+    assert fast.shape == (3, 5, 1)
+    for i in range(3):
+        for j in range(5):
+            torch.testing.assert_close(fast[i, j, 0], _brute_force_distortion(weights[i, j], depths[i, j], 0.75, 1.25))
+
+
+def test_weight_distortion_is_low_at_a_surface_and_high_in_a_haze():
+    """One opaque surface < a soft body < the same weight spread along the whole ray; an empty ray scores 0."""
+    depths = torch.linspace(0.75, 1.25, 32)
+    deltas = torch.cat([depths[1:] - depths[:-1], torch.tensor([1e-3])])
+
+    def weights(sigma: float) -> Tensor:
+        alpha = 1 - torch.exp(-deltas * torch.where(depths > 0.95, sigma, 0.0))
+        return alpha * torch.cumprod(torch.cat([torch.ones(1), 1 - alpha[:-1]]), 0)
+
+    surface, soft, haze = (weight_distortion(w, depths, 0.75, 1.25).item()
+                           for w in (weights(1000.0), weights(20.0), torch.full((32,), 1 / 32)))
+    assert surface < 0.02 < soft < haze
+    assert weight_distortion(torch.zeros(32), depths, 0.75, 1.25).item() == 0

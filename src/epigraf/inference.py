@@ -92,5 +92,7 @@ def render_all(G: Generator, ws: Tensor, cameras: Cameras, resolution: int | Non
 
 def concat_outputs(outputs: list[GeneratorOutput]) -> GeneratorOutput:
     """Concatenate renders along the batch dimension, on the CPU."""
-    return GeneratorOutput(*(torch.cat([getattr(o, f.name).cpu() for o in outputs])
-                             for f in dataclasses.fields(GeneratorOutput)))
+    return GeneratorOutput(*(
+        None if getattr(outputs[0], f.name) is None else torch.cat([getattr(o, f.name).cpu() for o in outputs])
+        for f in dataclasses.fields(GeneratorOutput)
+    ))

@@ -160,11 +160,16 @@ class TriPlaneMLP(nn.Module):
 class TriPlaneField(nn.Module):
     """points → (rgb, raw σ) for a batch of tri-planes."""
 
-    def __init__(self, channels: int, cube_scale: float, hidden: int = 64, num_layers: int = 2) -> None:
+    def __init__(self, channels: int, cube_scale: float, hidden: int = 64, num_layers: int = 2,
+                 density_gain: float = 1.0) -> None:
         super().__init__()
-        self.channels, self.cube_scale = channels, cube_scale
+        self.channels, self.cube_scale, self.density_gain = channels, cube_scale, density_gain
         self.mlp = TriPlaneMLP(channels, hidden, num_layers)
 
     def forward(self, planes: Tensor, points: Tensor) -> Tensor:
-        """planes [B, 3, F, R, R], points [B, P, 3] (world units) → [B, P, 4] = (r, g, b, raw density)."""
-        return self.mlp(mean_triplane_features(planes, points, self.cube_scale))
+        """planes [B, 3, F, R, R], points [B, P, 3] (world units) → [B, P, 4] = (r, g, b, raw density);
+        the raw density is the MLP's × ``density_gain``."""
+        out = self.mlp(mean_triplane_features(planes, points, self.cube_scale))
+        if self.density_gain == 1.0:
+            return out
+        return torch.cat([out[..., :3], out[..., 3:] * self.density_gain], dim=-1)

@@ -35,11 +35,13 @@ from epigraf.render.volume import RaySamplingOptions, render_rays_chunked
 @dataclass
 class GeneratorOutput:
     """One render: image [B, 3, H, W] (data range ≈ [−1, 1], not clamped), depth [B, 1, H, W] (distance
-    along the unit ray, Σ wᵢ zᵢ) and opacity [B, 1, H, W] (Σ wᵢ, the foreground's accumulated alpha)."""
+    along the unit ray, Σ wᵢ zᵢ), opacity [B, 1, H, W] (Σ wᵢ, the foreground's accumulated alpha) and, when
+    asked for, the weights' distortion [B, 1, H, W] (``render.compositing.weight_distortion``)."""
 
     image: Tensor
     depth: Tensor
     opacity: Tensor
+    distortion: Tensor | None = None
 
 
 class GeneratorMapping(MappingNetwork):
@@ -101,7 +103,8 @@ class Generator(nn.Module):
             cfg.w_dim, cfg.triplane_resolution, plane_channels, cfg.channel_base, cfg.channel_max,
             cfg.use_noise, cfg.conv_clamp,
         )
-        self.field = TriPlaneField(cfg.triplane_channels, cfg.camera.cube_scale, cfg.mlp_hidden, cfg.mlp_layers)
+        self.field = TriPlaneField(cfg.triplane_channels, cfg.camera.cube_scale, cfg.mlp_hidden, cfg.mlp_layers,
+                                   cfg.density_gain)
         self.num_ws = self.synthesis.num_ws
         if cfg.render.background == "sphere":
             self.background = SphereBackground(cfg.render.sphere, cfg.w_dim)
@@ -140,6 +143,7 @@ class Generator(nn.Module):
         nerf_noise_std: float = 0.0,
         generator: torch.Generator | None = None,
         ws: Tensor | None = None,
+        with_distortion: bool = False,
     ) -> GeneratorOutput:
         """Volume-render tri-planes [B, C, R_p, R_p] from ``cameras``.
 
@@ -171,7 +175,7 @@ class Generator(nn.Module):
             num_steps=rcfg.num_ray_steps, near=cam.ray_start, far=cam.ray_end, deterministic=deterministic,
             nerf_noise_std=0.0 if deterministic else nerf_noise_std, density_shift=rcfg.density_shift,
             clamp_mode=rcfg.clamp_mode, white_back=rcfg.white_back, last_back=rcfg.last_back,
-            open_far_end=rcfg.background is not None or rcfg.open_far_end,
+            open_far_end=rcfg.background is not None or rcfg.open_far_end, distortion=with_distortion,
         )
         rays = render_rays_chunked(field, origins, directions, opts, rcfg.chunk_rays, generator)
 
@@ -188,7 +192,8 @@ class Generator(nn.Module):
             bg = self.background(origins, directions, ws[:, self.synthesis.num_ws :], rcfg.white_back,
                                  rcfg.clamp_mode, deterministic, generator)
             image = image + to_image(bg * rays.final_transmittance)
-        return GeneratorOutput(image, to_image(rays.depth), to_image(rays.opacity))
+        distortion = None if rays.distortion is None else to_image(rays.distortion)
+        return GeneratorOutput(image, to_image(rays.depth), to_image(rays.opacity), distortion)
 
     def _plane_background(self, planes: Tensor, patch_params: PatchParams | None, res: int) -> Tensor:
         """The decoder's 3 extra channels as a 2D backdrop, resized (align-corners bilinear) and cropped like
@@ -217,6 +222,7 @@ class Generator(nn.Module):
         nerf_noise_std: float = 0.0,
         update_emas: bool = False,
         generator: torch.Generator | None = None,
+        with_distortion: bool = False,
     ) -> GeneratorOutput:
         """z [B, z_dim], c [B, c_dim] or None, camera_angles [B, 3] (yaw, pitch, roll; radians) → GeneratorOutput.
 
@@ -230,5 +236,6 @@ class Generator(nn.Module):
         cameras = self.cameras(camera_angles, fov, radius)
         ws = self.mapping(z, c, truncation_psi, camera_angles_cond, update_emas=update_emas)
         planes = self.synthesize(ws, "const" if deterministic and noise_mode == "random" else noise_mode)
-        return self.render(planes, cameras, patch_params, resolution, deterministic, nerf_noise_std, generator, ws)
+        return self.render(planes, cameras, patch_params, resolution, deterministic, nerf_noise_std, generator, ws,
+                           with_distortion)
 

@@ -40,6 +40,25 @@ def density_activation(raw: Tensor, shift: float = 0.0, clamp_mode: str = "softp
     return F.softplus(raw) if clamp_mode == "softplus" else F.relu(raw)
 
 
+def weight_distortion(weights: Tensor, depths: Tensor, near: float, far: float) -> Tensor:
+    """Mip-NeRF 360's distortion loss (Barron et al. 2022, eq. 15) of each ray's compositing weights, with
+    depths mapped to [0, 1] over [near, far]: Σᵢⱼ wᵢwⱼ|mᵢ − mⱼ| + ⅓ Σᵢ wᵢ² sᵢ for intervals of width sᵢ from
+    sample i to the next (the last has none) and midpoints mᵢ. Zero for an empty ray, small when the weight
+    sits in one short interval, large when it is spread along the ray.
+
+    weights, depths: [..., K] (depths sorted) → [..., 1].
+    """
+    s = (depths - near) / (far - near)
+    widths = torch.cat([s[..., 1:] - s[..., :-1], torch.zeros_like(s[..., :1])], dim=-1)
+    mids = s + widths / 2
+    weighted_mids = weights * mids
+    # Σᵢⱼ wᵢwⱼ|mᵢ − mⱼ| over sorted midpoints = 2 Σᵢ wᵢ (mᵢ Σ_{j<i} wⱼ − Σ_{j<i} wⱼmⱼ): O(K), not O(K²).
+    weight_before = torch.cumsum(weights, dim=-1) - weights
+    weighted_mids_before = torch.cumsum(weighted_mids, dim=-1) - weighted_mids
+    cross = 2 * (weights * (mids * weight_before - weighted_mids_before)).sum(dim=-1, keepdim=True)
+    return cross + (weights.square() * widths).sum(dim=-1, keepdim=True) / 3
+
+
 def composite(
     colors: Tensor,
     raw_density: Tensor,

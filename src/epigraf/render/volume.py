@@ -8,13 +8,14 @@ knows nothing about tri-planes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from epigraf.render.compositing import composite
+from epigraf.render.compositing import composite, weight_distortion
 from epigraf.render.samplers import coarse_depths, importance_depths
 
 FieldFn = Callable[[Tensor], Tensor]
@@ -39,16 +40,19 @@ class RaySamplingOptions:
     white_back: bool = False
     last_back: bool = False
     open_far_end: bool = False
+    distortion: bool = False
 
 
 @dataclass
 class RayRender:
-    """Per-ray results: color [B, P, C], depth [B, P, 1], opacity Σw [B, P, 1], final transmittance [B, P, 1]."""
+    """Per-ray results: color [B, P, C], depth [B, P, 1], opacity Σw [B, P, 1], final transmittance [B, P, 1]
+    and, when the options ask for it, the weights' distortion [B, P, 1] (``weight_distortion``)."""
 
     color: Tensor
     depth: Tensor
     opacity: Tensor
     final_transmittance: Tensor
+    distortion: Tensor | None = None
 
 
 def render_rays(
@@ -88,7 +92,8 @@ def render_rays(
         white_back=opts.white_back, last_back=opts.last_back, generator=generator,
     )
     opacity = result.weights.sum(dim=-1, keepdim=True)
-    return RayRender(result.color, result.depth, opacity, result.final_transmittance)
+    distortion = weight_distortion(result.weights, z_all, opts.near, opts.far) if opts.distortion else None
+    return RayRender(result.color, result.depth, opacity, result.final_transmittance, distortion)
 
 
 def render_rays_chunked(
@@ -106,5 +111,7 @@ def render_rays_chunked(
         render_rays(field, origins, directions[:, i : i + chunk_rays], opts, generator)
         for i in range(0, directions.shape[1], chunk_rays)
     ]
-    return RayRender(*(torch.cat([getattr(r, name) for r in parts], dim=1)
-                       for name in ("color", "depth", "opacity", "final_transmittance")))
+    return RayRender(*(
+        None if getattr(parts[0], f.name) is None else torch.cat([getattr(r, f.name) for r in parts], dim=1)
+        for f in dataclasses.fields(RayRender)
+    ))

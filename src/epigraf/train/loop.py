@@ -279,7 +279,8 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
         G.compile()
         D.compile()
 
-    loss = PatchGANLoss(cfg, G, D, augment, cfg.r1_gamma, opts.blur_init_sigma, opts.blur_fade_kimg)
+    loss = PatchGANLoss(cfg, G, D, augment, cfg.r1_gamma, opts.blur_init_sigma, opts.blur_fade_kimg,
+                        distortion_weight=opts.distortion_weight)
     reals = cleanup.enter_context(real_batch_iterator(dataset, batch_gpu, opts, env.rank, step))
     ema_kimg = opts.ema_kimg if opts.ema_kimg >= 0 else batch_size * 0.3125
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
@@ -353,7 +354,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
             if fid_detector is not None and cur_tick % opts.metrics_ticks == 0:
                 logger.metric(compute_metric(G_ema, dataset, "fid2k_full", "dataset", fid_detector,
                                              device=device, num=opts.metrics_fakes), cur_nimg)
-            if geometry is not None and cur_tick % opts.geometry_ticks == 0:
+            if geometry is not None and (cur_tick % opts.geometry_ticks == 0 or done):
                 logger.metric(geometry(G_ema), cur_nimg)
         distributed.barrier(env)  # rank 0 may have spent a while on images or metrics
         stats.clear()

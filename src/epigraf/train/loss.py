@@ -17,7 +17,7 @@ from torch import Tensor
 
 from epigraf.config import ModelConfig
 from epigraf.nn.discriminator import Discriminator
-from epigraf.nn.generator import Generator
+from epigraf.nn.generator import Generator, GeneratorOutput
 from epigraf.patches import PatchParams, extract_patches
 from epigraf.schedules import blur_kernel, blur_sigma, nerf_noise_std
 from epigraf.train.augment import AugmentPipe
@@ -52,23 +52,24 @@ class PatchGANLoss:
 
     def __init__(self, cfg: ModelConfig, G: Generator, D: Discriminator, augment: AugmentPipe | None,
                  r1_gamma: float, blur_init_sigma: float, blur_fade_kimg: float,
-                 deterministic_render: bool = False) -> None:
+                 deterministic_render: bool = False, distortion_weight: float = 0.0) -> None:
         self.cfg, self.G, self.D, self.augment = cfg, G, D, augment
+        self.distortion_weight = distortion_weight
         self.r1_gamma = r1_gamma
         self.blur_init_sigma, self.blur_fade_kimg = blur_init_sigma, blur_fade_kimg
         self.deterministic_render = deterministic_render
 
-    def generate(self, fake: FakeDraws, kimg: float, update_emas: bool = False) -> Tensor:
-        """Fake patches [b, 3, r, r] at the draws' patch parameters; G's mapping sees the draws' conditioning
-        cameras when G is pose-conditioned."""
-        out = self.G(
+    def generate(self, fake: FakeDraws, kimg: float, update_emas: bool = False, with_distortion: bool = False
+                 ) -> GeneratorOutput:
+        """Fake patches (image [b, 3, r, r]) at the draws' patch parameters; G's mapping sees the draws'
+        conditioning cameras when G is pose-conditioned."""
+        return self.G(
             fake.z, fake.c if self.G.c_dim else None, fake.camera_angles, patch_params=fake.patch,
             noise_mode="random", deterministic=self.deterministic_render, resolution=self.cfg.patch.resolution,
             camera_angles_cond=fake.camera_angles_cond if self.G.cfg.camera_cond else None,
             nerf_noise_std=nerf_noise_std(kimg, self.G.cfg.nerf_noise_std_init, self.G.cfg.nerf_noise_kimg_growth),
-            update_emas=update_emas,
+            update_emas=update_emas, with_distortion=with_distortion,
         )
-        return out.image
 
     def discriminate(self, images: Tensor, c: Tensor, pp: PatchParams, angles: Tensor, kimg: float) -> Tensor:
         """Blur (faded by kimg) → augment → D. images [b, 3, r, r] → logits [b]."""
@@ -85,17 +86,23 @@ class PatchGANLoss:
         return extract_patches(real.images, pp, self.cfg.patch.resolution)
 
     def generator_loss(self, fake: FakeDraws, kimg: float) -> PhaseResult:
-        images = self.generate(fake, kimg)
-        logits = self.discriminate(images, fake.c, fake.patch, fake.camera_angles, kimg)
+        """The non-saturating loss, plus ``distortion_weight`` × the mean distortion of the fakes' ray weights
+        when it is > 0 (a departure from the original: docs/method.md §10)."""
+        out = self.generate(fake, kimg, with_distortion=self.distortion_weight > 0)
+        logits = self.discriminate(out.image, fake.c, fake.patch, fake.camera_angles, kimg)
         loss = F.softplus(-logits).mean()
-        return PhaseResult(loss, {"loss/G": loss.item(), "scores/fake_G": logits.mean().item()},
-                           fake_logits=logits.detach())
+        stats = {"loss/G": loss.item(), "scores/fake_G": logits.mean().item()}
+        if out.distortion is not None:
+            distortion = out.distortion.mean()
+            stats["loss/distortion"] = distortion.item()
+            loss = loss + self.distortion_weight * distortion
+        return PhaseResult(loss, stats, fake_logits=logits.detach())
 
     def discriminator_loss(self, fake: FakeDraws, real: RealBatch, real_patch: PatchParams, kimg: float
                            ) -> PhaseResult:
         """Fakes rendered without gradient (updating G's ``w_avg``) and real patches at ``real_patch``."""
         with torch.no_grad():
-            images = self.generate(fake, kimg, update_emas=True)
+            images = self.generate(fake, kimg, update_emas=True).image
         fake_logits = self.discriminate(images, fake.c, fake.patch, fake.camera_angles, kimg)
         real_logits = self.discriminate(self.real_patches(real, real_patch), real.c, real_patch,
                                         real.camera_angles, kimg)
