@@ -1,13 +1,15 @@
 """The figures of ``docs/results.md`` from a trained network and its KID curve.
 
     python docs/make_results.py --network runs/00000-builtin/network-0000040000.safetensors \
-        --kid-curve benchmarks/results/kid_curve.json [--out docs/results]
+        --kid-curve benchmarks/results/kid_curve.json [--geometry RUN/metric-geometry.jsonl] [--out docs/results]
 
 Writes ``fakes_vs_reals.png`` (G_ema renders at the cameras, and with the labels, of 16 real images, beside
 those images), ``samples.png`` (32 seeds from one camera; for a class-conditional model 6 seeds per class, a
 row each), ``turntable.gif`` (four seeds, or seed 0 of every class, turning a full circle),
 ``depth_normals.png`` (image, depth and normal map per seed or class), ``mesh_preview.png`` (the extracted
-meshes, flat-shaded from three views) and ``kid_curve.png``. A class-conditional model's figures show the
+meshes, flat-shaded from three views), on built-in data ``meshes_vs_truth.png`` (each class's true mesh beside
+the one the geometry metric scores), ``kid_curve.png`` and ``geometry_curve.png`` (the geometry metric's means
+over classes against kimg, from a run's ``metric-geometry.jsonl``). A class-conditional model's figures show the
 first four classes where there is room for four (``--classes`` picks others).
 Everything renders deterministically (fixed seeds, no ray jitter), so the figures are reproducible, and with
 ``epigraf generate``'s ray samples (``--ray-step-multiplier``, default 2× the training's), so they show what it
@@ -34,7 +36,8 @@ from epigraf.export.images import depth_to_uint8, image_grid, normals_to_uint8, 
 from epigraf.export.video import write_video
 from epigraf.geometry import extract_geometry
 from epigraf.inference import DEFAULT_RAY_STEP_MULTIPLIER, render_all, with_ray_steps
-from epigraf.isosurface import Mesh
+from epigraf.metrics.builtin_truth import load_builtin_truth, seen_radius
+from epigraf.metrics.geometry import GeneratorModel, GeometryProtocol, protocol_mesh
 from epigraf.nn.generator import Generator
 from epigraf.process_settings import flush_denormals
 from epigraf.seeds import seeds_to_ws
@@ -133,23 +136,27 @@ def depth_and_normals(G: Generator, classes: list[int], out: Path) -> None:
     labelled(zoom(grid), "image | depth (near = white) | normals (camera space)").save(out / "depth_normals.png")
 
 
-def rasterise(mesh: Mesh, yaw: float, pitch: float, size: int = 256) -> np.ndarray:
-    """A flat-shaded orthographic view of the mesh (painter's algorithm), vertex colours × a head light."""
+def rasterise(vertices: np.ndarray, faces: np.ndarray, yaw: float, pitch: float, colors: np.ndarray | None = None,
+              extent: float | None = None, size: int = 256) -> np.ndarray:
+    """A flat-shaded orthographic view of a mesh (painter's algorithm): vertex colours (default light grey) × a
+    head light. ``extent``: the half-width shown, in world units (default: the mesh's own, plus 10 %)."""
     rot_y = np.array([[math.cos(yaw), 0, -math.sin(yaw)], [0, 1, 0], [math.sin(yaw), 0, math.cos(yaw)]])
     rot_x = np.array([[1, 0, 0], [0, math.cos(pitch), -math.sin(pitch)], [0, math.sin(pitch), math.cos(pitch)]])
-    v = mesh.vertices @ (rot_x @ rot_y).T
-    tri = v[mesh.faces]  # [F, 3, 3]
+    image = Image.new("RGB", (size, size), "white")
+    if len(faces) == 0:
+        return np.asarray(image)
+    v = vertices @ (rot_x @ rot_y).T
+    tri = v[faces]  # [F, 3, 3]
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
     shade = 0.25 + 0.75 * np.abs(normals[:, 2])
-    colors = mesh.colors[mesh.faces].mean(axis=1) if mesh.colors is not None else np.full((len(tri), 3), 200.0)
-    extent = np.abs(v[:, :2]).max() * 1.1 + 1e-9
+    face_colors = colors[faces].mean(axis=1) if colors is not None else np.full((len(tri), 3), 200.0)
+    extent = extent or np.abs(v[:, :2]).max() * 1.1 + 1e-9
     xy = (tri[:, :, :2] / extent * 0.5 + 0.5) * size
     xy[:, :, 1] = size - xy[:, :, 1]
-    image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
     for f in np.argsort(tri[:, :, 2].mean(axis=1)):  # far (−z) first
-        rgb = tuple(int(c) for c in (colors[f] * shade[f]).clip(0, 255))
+        rgb = tuple(int(c) for c in (face_colors[f] * shade[f]).clip(0, 255))
         draw.polygon([tuple(p) for p in xy[f]], fill=rgb)
     return np.asarray(image)
 
@@ -161,41 +168,90 @@ def mesh_preview(G: Generator, classes: list[int], out: Path, resolution: int = 
     rows = []
     for w in ws:
         mesh = extract_geometry(G, w[None], resolution=resolution).mesh
-        rows.append(np.concatenate([rasterise(mesh, yaw, pitch) for yaw, pitch in views], axis=1))
+        rows.append(np.concatenate([rasterise(mesh.vertices, mesh.faces, yaw, pitch, mesh.colors)
+                                    for yaw, pitch in views], axis=1))
     labelled(image_grid(np.stack(rows), 2), f"meshes at the automatic iso-level ({resolution}³ grid), three views"
              ).save(out / "mesh_preview.png")
 
 
-def kid_plot(curve: dict, out: Path, size: tuple[int, int] = (560, 320)) -> None:
-    kimg, kid = np.asarray(curve["kimg"]), np.asarray(curve["kid"])
+@torch.no_grad()
+def meshes_against_truth(G: Generator, data: Path, out: Path, size: int = 160) -> None:
+    """Per class of the built-in data: its true mesh beside the mesh that the geometry metric scores (seed 0,
+    ψ = 1, the protocol's grid and level), each from two views at one scale. → ``meshes_vs_truth.png``."""
+    protocol = GeometryProtocol()
+    model = GeneratorModel(G, protocol.truncation_psi)
+    views = ((0.6, 0.35), (2.2, -0.3))
+    tiles = []
+    cam = G.cfg.camera
+    for truth in load_builtin_truth(data, views_per_class=1):
+        ours = protocol_mesh(model, truth, protocol).mesh
+        extent = 1.1 * seen_radius(truth.fov, truth.radius, cam.ray_start, cam.ray_end)  # the scored ball
+        row = [rasterise(m.vertices, m.faces, yaw, pitch, extent=extent, size=size)
+               for m in (truth.mesh, ours) for yaw, pitch in views]
+        tiles.append(np.asarray(labelled(np.concatenate(row, axis=1), truth.name)))
+    labelled(image_grid(np.stack(tiles), 2), "true mesh (left pair) and G's (right pair) per class, as the "
+             "geometry metric scores it").save(out / "meshes_vs_truth.png")
+
+
+COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
+
+
+def line_plot(series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: Path,
+              size: tuple[int, int] = (560, 320)) -> None:
+    """Lines with markers of ``series`` (name → (kimg, values)) against kimg, one axis from 0, a legend when
+    there are several."""
     w, h = size
     left, right, top, bottom = 60, 20, 30, 40
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    lo, hi = 0.0, float(kid.max()) * 1.1
-    x = left + (kimg / max(kimg.max(), 1e-9)) * (w - left - right)
-    y = top + (1 - (kid - lo) / (hi - lo)) * (h - top - bottom)
+    x_max = max(float(x.max()) for x, _ in series.values()) or 1.0
+    hi = max(float(np.nanmax(y)) for _, y in series.values()) * 1.1 or 1.0
     draw.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
-    for tick in np.linspace(lo, hi, 5):
-        ty = top + (1 - (tick - lo) / (hi - lo)) * (h - top - bottom)
+    for tick in np.linspace(0, hi, 5):
+        ty = top + (1 - tick / hi) * (h - top - bottom)
         draw.line([(left - 4, ty), (left, ty)], fill="black")
         draw.text((4, ty - 7), f"{tick:.2f}", fill="black", font=font(12))
-    for tick in np.linspace(0, kimg.max(), 6):
-        tx = left + (tick / max(kimg.max(), 1e-9)) * (w - left - right)
+    for tick in np.linspace(0, x_max, 6):
+        tx = left + tick / x_max * (w - left - right)
         draw.line([(tx, h - bottom), (tx, h - bottom + 4)], fill="black")
         draw.text((tx - 8, h - bottom + 6), f"{tick:g}", fill="black", font=font(11))
-    draw.line(list(zip(x, y, strict=True)), fill=(31, 119, 180), width=2)
-    for px, py in zip(x, y, strict=True):
-        draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=(31, 119, 180))
-    draw.text((left, 6), "KID (lower is better) against kimg", fill="black", font=font(14))
+    for k, (name, (kimg, values)) in enumerate(series.items()):
+        colour = COLOURS[k % len(COLOURS)]
+        xy = [(left + x / x_max * (w - left - right), top + (1 - y / hi) * (h - top - bottom))
+              for x, y in zip(kimg, values, strict=True) if np.isfinite(y)]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        for px, py in xy:
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+        if len(series) > 1:
+            draw.text((w - right - 150, top + 4 + 16 * k), name, fill=colour, font=font(12))
+    draw.text((left, 6), title, fill="black", font=font(14))
     draw.text((w // 2 - 20, h - 18), "kimg", fill="black", font=font(12))
-    image.save(out / "kid_curve.png")
+    image.save(path)
+
+
+def kid_plot(curve: dict, out: Path) -> None:
+    line_plot({"KID": (np.asarray(curve["kimg"]), np.asarray(curve["kid"]))}, "KID (lower is better) against kimg",
+              out / "kid_curve.png")
+
+
+def geometry_plot(records: list[dict], out: Path) -> None:
+    """The geometry metric's means over classes (``metric-geometry.jsonl`` of a run) against kimg."""
+    kimg = np.array([r["kimg"] for r in records])
+    means = [r["details"]["mean"] for r in records]
+    # strict JSON stores a missing score (no surface) as null
+    series = {label: (kimg, np.array([np.nan if m[key] is None else m[key] for m in means])) for label, key in (
+        ("silhouette IoU", "silhouette_iou"), ("F@2 %", "fscore_2"), ("F@1 %", "fscore_1"),
+        ("volume IoU", "volume_iou"), ("depth error", "depth_error"))}
+    line_plot(series, "geometry against the true shapes (mean over classes)", out / "geometry_curve.png")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--network", type=Path, required=True)
     parser.add_argument("--kid-curve", type=Path, help="JSON from benchmarks/train_builtin.py --kid-curve")
+    parser.add_argument("--geometry", type=Path,
+                        help="a run's metric-geometry.jsonl (`epigraf train --geometry-ticks`)")
     parser.add_argument("--data", type=Path, help="the training images (default: the built-in dataset)")
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     parser.add_argument("--classes", type=lambda s: [int(k) for k in s.split(",")], default=[0, 1, 2, 3],
@@ -213,8 +269,12 @@ def main() -> None:
     turntable(G, args.out)
     depth_and_normals(G, args.classes, args.out)
     mesh_preview(G, args.classes, args.out)
+    if (Path(data) / "geometry").is_dir():
+        meshes_against_truth(G, Path(data), args.out)
     if args.kid_curve is not None:
         kid_plot(json.loads(args.kid_curve.read_text()), args.out)
+    if args.geometry is not None:
+        geometry_plot([json.loads(line) for line in args.geometry.read_text().splitlines() if line.strip()], args.out)
     print(f"figures in {args.out}")
 
 

@@ -172,19 +172,19 @@ def test_an_unconditional_model_needs_a_one_object_dataset(toys, tmp_path):
         geo.geometry_metric(load_checkpoint(ckpt).G_ema, toys, SMALL)
 
 
-def test_training_logs_the_geometry_metric_every_n_ticks(toys, tmp_path, monkeypatch):
+def test_training_logs_the_geometry_metric_every_n_ticks_and_at_the_end(toys, tmp_path, monkeypatch):
     from epigraf.train import loop
     from epigraf.train.options import TrainOptions
 
     small = dataclasses.replace(SMALL, views_per_class=2, grid_resolution=32, surface_samples=1000)
     monkeypatch.setattr(loop, "training_evaluator", functools.partial(geo.training_evaluator, protocol=small))
     cfg = tiny_model_config()
-    opts = TrainOptions(data=str(toys), out=str(tmp_path / "runs"), batch_size=4, tick_kimg=0.008, kimg=0.016,
+    opts = TrainOptions(data=str(toys), out=str(tmp_path / "runs"), batch_size=4, tick_kimg=0.008, kimg=0.024,
                         workers=0, snapshot_ticks=2, image_ticks=0, progress=False, r1_interval=2, ada_interval=1,
-                        videos=False, metrics_ticks=0, geometry_ticks=1)
+                        videos=False, metrics_ticks=0, geometry_ticks=2)
     result = loop.train(opts, cfg)
     records = [json.loads(line) for line in (result.run_dir / "metric-geometry.jsonl").read_text().splitlines()]
-    assert [r["kimg"] for r in records] == [0.008, 0.016]
+    assert [r["kimg"] for r in records] == [0.016, 0.024]  # tick 2, then the last tick (3)
     assert all(len(r["details"]["classes"]) == 2 and r["metric"] == "geometry" for r in records)
 
 

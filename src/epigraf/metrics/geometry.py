@@ -223,10 +223,22 @@ def depth_scores(depth_sum: Tensor, opacity: Tensor, true_depth: Tensor, true_ma
             "silhouette_iou": float(both.sum() / union.sum()) if union.any() else math.nan}
 
 
-def mesh_scores(model: GeometryModel, truth: ClassTruth,
-                protocol: GeometryProtocol = GeometryProtocol()) -> dict[str, float]:
-    """Chamfer, F-scores and volume IoU of the model's mesh of ``protocol.mesh_seed`` against the true mesh, in
-    the ball every camera sees (module docstring)."""
+@dataclass
+class ProtocolMesh:
+    """A model's mesh under the protocol: the iso-surface (world units; no faces when nothing is half opaque), the
+    grid points above the level ([res, res, res] bool, None without a surface), the level (nan without) and the
+    grid's axis (world units, the same on x, y and z)."""
+
+    mesh: TriangleMesh
+    inside: np.ndarray | None
+    level: float
+    axis: np.ndarray
+
+
+def protocol_mesh(model: GeometryModel, truth: ClassTruth,
+                  protocol: GeometryProtocol = GeometryProtocol()) -> ProtocolMesh:
+    """The mesh of ``protocol.mesh_seed`` of ``truth``'s class that ``mesh_scores`` measures: the raw density on
+    the protocol's grid over the ball every camera sees, emptied outside it, at the automatic level."""
     ball = seen_radius(truth.fov, truth.radius, model.camera.ray_start, model.camera.ray_end)
     extent, res = 2 * ball, protocol.grid_resolution
     scenes = model.scenes(truth.label, [protocol.mesh_seed])
@@ -238,11 +250,20 @@ def mesh_scores(model: GeometryModel, truth: ClassTruth,
     try:
         level = auto_level(volume, spacing, model.render.clamp_mode, model.render.density_shift)
         iso = extract_isosurface(volume.numpy(), level, spacing, (-extent / 2,) * 3)
-        mesh = TriangleMesh(iso.vertices.astype(np.float64), iso.faces)
-        inside = volume.numpy() > level
+        return ProtocolMesh(TriangleMesh(iso.vertices.astype(np.float64), iso.faces), volume.numpy() > level,
+                            level, axis)
     except ValueError as err:  # no ray becomes half opaque, or the level leaves no surface
         log.info("%s: no surface (%s)", truth.name, err)
-        level, mesh, inside = math.nan, TriangleMesh(np.zeros((0, 3)), np.zeros((0, 3), np.int64)), None
+        return ProtocolMesh(TriangleMesh(np.zeros((0, 3)), np.zeros((0, 3), np.int64)), None, math.nan, axis)
+
+
+def mesh_scores(model: GeometryModel, truth: ClassTruth,
+                protocol: GeometryProtocol = GeometryProtocol()) -> dict[str, float]:
+    """Chamfer, F-scores and volume IoU of the model's mesh of ``protocol.mesh_seed`` (``protocol_mesh``) against
+    the true mesh, in the ball every camera sees (module docstring)."""
+    found = protocol_mesh(model, truth, protocol)
+    mesh, inside, level, axis = found.mesh, found.inside, found.level, found.axis
+    extent = float(axis[-1] - axis[0])
     true_inside = truth.occupancy(axis)
     if inside is None:
         volume_iou = 0.0
