@@ -200,9 +200,10 @@ def line_plot(series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path
               size: tuple[int, int] = (560, 320)) -> None:
     """Lines with markers of ``series`` (name → (kimg, values)) against kimg, one axis from 0, a legend when
     there are several."""
-    w, h = size
-    left, right, top, bottom = 60, 20, 30, 40
-    image = Image.new("RGB", size, "white")
+    legend = len(series) > 1
+    w, h = size[0] + (130 if legend else 0), size[1]
+    left, right, top, bottom = 60, 20 + (130 if legend else 0), 30, 40
+    image = Image.new("RGB", (w, h), "white")
     draw = ImageDraw.Draw(image)
     x_max = max(float(x.max()) for x, _ in series.values()) or 1.0
     hi = max(float(np.nanmax(y)) for _, y in series.values()) * 1.1 or 1.0
@@ -214,7 +215,7 @@ def line_plot(series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path
     for tick in np.linspace(0, x_max, 6):
         tx = left + tick / x_max * (w - left - right)
         draw.line([(tx, h - bottom), (tx, h - bottom + 4)], fill="black")
-        draw.text((tx - 8, h - bottom + 6), f"{tick:g}", fill="black", font=font(11))
+        draw.text((tx - 8, h - bottom + 6), f"{tick:.0f}", fill="black", font=font(11))
     for k, (name, (kimg, values)) in enumerate(series.items()):
         colour = COLOURS[k % len(COLOURS)]
         xy = [(left + x / x_max * (w - left - right), top + (1 - y / hi) * (h - top - bottom))
@@ -223,8 +224,8 @@ def line_plot(series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path
             draw.line(xy, fill=colour, width=2)
         for px, py in xy:
             draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-        if len(series) > 1:
-            draw.text((w - right - 150, top + 4 + 16 * k), name, fill=colour, font=font(12))
+        if legend:
+            draw.text((w - right + 14, top + 4 + 16 * k), name, fill=colour, font=font(12))
     draw.text((left, 6), title, fill="black", font=font(14))
     draw.text((w // 2 - 20, h - 18), "kimg", fill="black", font=font(12))
     image.save(path)
