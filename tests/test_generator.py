@@ -212,12 +212,18 @@ def test_deterministic_render_is_bit_identical_and_random_render_is_not():
     assert not torch.equal(a, c)
 
 
-def test_chunked_rendering_equals_unchunked():
+def generator_and_chunked_twin(chunk_rays: int = 100) -> tuple[Generator, Generator]:
+    """A tiny generator (seed 0) and the same weights rendering ``chunk_rays`` rays at a time, both in eval mode."""
     torch.manual_seed(0)
     cfg = tiny_generator_config()
     G = Generator(cfg).eval()
-    G_chunked = Generator(dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, chunk_rays=100))).eval()
+    G_chunked = Generator(dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, chunk_rays=chunk_rays)))
     G_chunked.load_state_dict(G.state_dict())
+    return G, G_chunked.eval()
+
+
+def test_chunked_rendering_equals_unchunked():
+    G, G_chunked = generator_and_chunked_twin()
     z, angles = torch.randn(1, 16), torch.tensor([[0.3, 1.3, 0.0]])
     with torch.no_grad():
         assert torch.allclose(G(z, None, angles, deterministic=True).image,
@@ -382,11 +388,7 @@ def test_density_gain_scales_the_raw_density_only():
 
 
 def test_distortion_is_rendered_only_when_asked_and_chunks_agree():
-    torch.manual_seed(0)
-    cfg = tiny_generator_config()
-    G = Generator(cfg).eval()
-    G_chunked = Generator(dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, chunk_rays=100))).eval()
-    G_chunked.load_state_dict(G.state_dict())
+    G, G_chunked = generator_and_chunked_twin()
     z, angles = torch.randn(2, 16), torch.tensor([[0.1, 1.5, 0.0], [0.4, 1.2, 0.0]])
     with torch.no_grad():
         assert G(z, None, angles, deterministic=True).distortion is None

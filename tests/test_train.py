@@ -229,6 +229,7 @@ def test_a_non_finite_step_is_skipped_and_never_applied():
     ({"augment": "diffaug"}, "--augment must be 'ada' or 'none'"),
     ({"kimg": 0}, "--kimg must be positive"),
     ({"resolution": -64}, "--resolution must be positive"),
+    ({"distortion_weight": -1.0}, "--distortion-weight must be ≥ 0"),
     ({"resume": "latest", "transfer": "x.safetensors"}, "are exclusive"),
 ])
 def test_bad_options_are_rejected(kw, message):

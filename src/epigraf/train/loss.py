@@ -87,7 +87,7 @@ class PatchGANLoss:
 
     def generator_loss(self, fake: FakeDraws, kimg: float) -> PhaseResult:
         """The non-saturating loss, plus ``distortion_weight`` × the mean distortion of the fakes' ray weights
-        when it is > 0 (a departure from the original: docs/method.md §10)."""
+        when it is > 0 (ours, not the original's: docs/method.md §5.1)."""
         out = self.generate(fake, kimg, with_distortion=self.distortion_weight > 0)
         logits = self.discriminate(out.image, fake.c, fake.patch, fake.camera_angles, kimg)
         loss = F.softplus(-logits).mean()
