@@ -36,6 +36,47 @@ PHASES = ("G", "D", "R1", "EMA", "iteration")
 ORIGINAL_B4 = {"G": 38.4, "D": 13.3, "R1": 3.5, "iteration": 62.7}
 
 
+def reset_peak_rss() -> bool:
+    """Restarts the kernel's record of this process's peak resident size (VmHWM; Linux ≥ 4.0), so that each phase's
+    own peak can be read. False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident size since the last ``reset_peak_rss`` (or its start), GiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def with_phase_peaks(timed_phase):
+    """``timed_phase`` that also records each phase's peak resident size as ``timings[name + "_rss_gib"]``. A phase
+    restarts the kernel's record, so an enclosing phase takes the peaks of the phases inside it as well."""
+    open_peaks: list[float] = []
+
+    @contextlib.contextmanager
+    def timed_phase_with_peak(timings, name, device):
+        reset_peak_rss()
+        open_peaks.append(0.0)
+        try:
+            with timed_phase(timings, name, device):
+                yield
+        finally:
+            peak = max(open_peaks.pop(), peak_rss_gib())
+            if open_peaks:
+                open_peaks[-1] = max(open_peaks[-1], peak)
+            reset_peak_rss()
+        if timings is not None:
+            timings[f"{name}_rss_gib"] = max(timings.get(f"{name}_rss_gib", 0.0), peak)
+
+    return timed_phase_with_peak
+
+
 def build(preset_name: str, batch: int, r1_interval: int, device):
     """The training step's pieces as ``train()`` builds them: (loss, G_opt, D_opt, env, G_ema, fresh_inputs), where
     ``fresh_inputs(step, kimg)`` draws a new iteration (smooth random reals, and per phase its own z, cameras and
@@ -104,8 +145,11 @@ def main() -> None:
     import torch
     from machine import device_name
 
+    import epigraf.train.loop as loop
     from epigraf.schedules import ema_beta
-    from epigraf.train.loop import timed_phase, training_step, update_ema
+    from epigraf.train.loop import training_step, update_ema
+
+    loop.timed_phase = timed_phase = with_phase_peaks(loop.timed_phase)
 
     device = torch.device(args.device)
     loss, G_opt, D_opt, env, G_ema, fresh_inputs = build(args.preset, args.batch, args.r1_interval, device)
@@ -122,10 +166,12 @@ def main() -> None:
             with timed_phase(timings, "EMA", device):
                 update_ema(G_ema, loss.G, ema_beta(b, cur_nimg, b * 0.3125))
             cur_nimg += b
-        records.append({"step": step, "finite": ok, **{f"{k}_s": v for k, v in timings.items()},
+        records.append({"step": step, "finite": ok,
+                        **{k if k.endswith("_rss_gib") else f"{k}_s": v for k, v in timings.items()},
                         "scores_fake": stats["scores/fake"], "scores_real": stats["scores/real"],
-                        "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
-        phases = " ".join(f"{k} {timings[k]:.2f} ({timings[k + '_cpu']:.1f} cpu)" for k in PHASES if k in timings)
+                        "rss_gib": max(v for k, v in timings.items() if k.endswith("_rss_gib"))})
+        phases = " ".join(f"{k} {timings[k]:.2f} ({timings[k + '_cpu']:.1f} cpu, {timings[k + '_rss_gib']:.2f} GiB)"
+                          for k in PHASES if k in timings)
         print(f"iteration {step}: {phases} s; D logits fake {stats['scores/fake']:+.2f} real "
               f"{stats['scores/real']:+.2f}; peak RSS {records[-1]['rss_gib']:.1f} GiB", flush=True)
 
@@ -133,7 +179,9 @@ def main() -> None:
     medians = {k: statistics.median(r[f"{k}_s"] for r in steady if f"{k}_s" in r)
                for k in [*PHASES, *(f"{p}_cpu" for p in PHASES)] if any(f"{k}_s" in r for r in steady)}
     first_d = records[0]["D_s"]
-    peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak_rss = max(r["rss_gib"] for r in records)
+    phase_peaks = {k: max(r[f"{k}_rss_gib"] for r in records if f"{k}_rss_gib" in r)
+                   for k in PHASES if any(f"{k}_rss_gib" in r for r in records)}
     comparable = args.preset == "ffhq256" and b == 4 and device.type == "cpu" and args.r1_interval == 1
     env_info = {
         "device": device_name(device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -141,9 +189,9 @@ def main() -> None:
         "python": platform.python_version(), "preset": args.preset, "batch": b, "iterations": args.iterations,
         "warmup": args.warmup, "r1_interval": args.r1_interval, "malloc_tuning": tuned,
         "denormals_flushed": flushed and denormals_flushed(), "load_average": os.getloadavg(),
-        "peak_rss_gib": round(peak_rss_gib, 2),
+        "peak_rss_gib": round(peak_rss, 2),
     }
-    summary = {"medians_s": medians, "img_per_s": b / medians["iteration"],
+    summary = {"medians_s": medians, "phase_peak_rss_gib": phase_peaks, "img_per_s": b / medians["iteration"],
                "d_phase_vs_first": [r["D_s"] / first_d for r in records[1:]],
                "d_phase_cpu_vs_first": [r["D_cpu_s"] / records[0]["D_cpu_s"] for r in records[1:]]}
     print(f"{args.preset}, batch {b}, {env_info['device']} ({env_info['cpu_capability']}), "
@@ -160,7 +208,8 @@ def main() -> None:
     print(f"img/s {summary['img_per_s']:.3f}; D phase / first iteration's, wall: "
           f"{' '.join(f'{v:.2f}' for v in summary['d_phase_vs_first'])}, CPU: "
           f"{' '.join(f'{v:.2f}' for v in summary['d_phase_cpu_vs_first'])}; "
-          f"peak RSS {peak_rss_gib:.1f} GiB (original: 10.9 GiB at B=4)")
+          f"peak RSS {peak_rss:.2f} GiB (original: 10.9 GiB at B=4); per phase "
+          + ", ".join(f"{k} {v:.2f}" for k, v in phase_peaks.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"environment": env_info, "summary": summary, "iterations": records}, indent=2))
 

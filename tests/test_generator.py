@@ -12,6 +12,7 @@ from conftest import rel_err
 from epigraf.cameras import Cameras
 from epigraf.compat.original import from_original
 from epigraf.config import GeneratorConfig, RenderConfig, preset
+from epigraf.nn import field
 from epigraf.nn.field import TriPlaneMLP, mean_triplane_features, sample_triplanes, split_planes
 from epigraf.nn.generator import Generator
 from epigraf.nn.layers import fir_filter_2d, upsample2d
@@ -171,6 +172,21 @@ def test_cpu_corner_gather_equals_bilinear_sampling_in_values_and_gradients(feat
     for a, r in zip(torch.autograd.grad(ours, (planes, points), cotangent),
                     torch.autograd.grad(reference, (planes, points), cotangent), strict=True):
         assert torch.allclose(a, r, atol=1e-10)
+
+
+def test_cpu_corner_gather_gradient_in_chunks_is_bitwise_the_one_pass_gradient(monkeypatch):
+    """The gradient is accumulated over chunks of points to bound its temporary; the additions keep their order."""
+    g = torch.Generator().manual_seed(2)
+    planes = split_planes(torch.randn(2, 3 * 4, 6, 6, generator=g), 4).requires_grad_(True)
+    points = (torch.rand(2, 50, 3, generator=g) * 2.2 - 1.1) * 0.3
+    cotangent = torch.randn(2, 50, 4, generator=g)
+
+    def gradient():
+        return torch.autograd.grad(mean_triplane_features(planes, points, 0.3), planes, cotangent)[0]
+
+    one_pass = gradient()
+    monkeypatch.setattr(field, "CORNER_GRADIENT_CHUNK_VALUES", 12 * 4 * 7)  # chunks of 7 points, the last short
+    assert torch.equal(gradient(), one_pass)
 
 
 def test_cpu_corner_gather_has_a_second_derivative():

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import rel_err
-from epigraf.nn.layers import fir_filter_2d, upsample2d
+from epigraf.nn.layers import fir_filter_2d, leaky_clamp_, modulated_conv2d, upsample2d
 from epigraf.nn.synthesis import SynthesisLayer, ToPlanesLayer
 
 
@@ -121,3 +121,98 @@ def test_depthwise_fir_equals_a_grouped_convolution_to_second_order(f):
     (gg_ours,), (gg_ref,) = (torch.autograd.grad(d.square().sum(), g) for d in (g_ours, g_ref))
     assert torch.allclose(gg_ours, gg_ref, rtol=0, atol=1e-12)
     assert torch.autograd.gradgradcheck(lambda t: _fir(t, f, pad, 4.0, fold_channels=False), (x,))
+
+
+# ----------------------------------------------------------------------------- ops that keep less for the backward
+
+
+def _saved_bytes(fn):
+    """(fn's result, bytes of the distinct storages autograd keeps for its backward)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(storages.values())
+
+
+# (lo, hi, slope, gain) of each use: the synthesis layers, the tri-plane outputs, FullyConnected; and a clamp
+# that bites on most inputs.
+LEAKY_CLAMP_USES = [(-1280.0, 256.0, 0.2, 1.0), (-256.0, 256.0, 1.0, 1.0), (-math.inf, math.inf, 0.2, math.sqrt(2)),
+                    (-2.0, 1.0, 0.2, 1.0), (-1.0, 1.0, 1.0, 1.0)]
+
+
+def _leaky_clamp_reference(x, lo, hi, slope, gain):
+    y = x.clamp(lo, hi) if math.isfinite(lo) else x
+    return (F.leaky_relu(y, slope) if slope != 1.0 else y) * gain
+
+
+@pytest.mark.parametrize("use", LEAKY_CLAMP_USES)
+def test_leaky_clamp_equals_clamp_leaky_relu_and_gain_bitwise_keeping_only_its_output(use):
+    torch.manual_seed(0)
+    x = (torch.randn(4, 8, 16, 16) * 3).requires_grad_()
+    grad = torch.randn(4, 8, 16, 16)
+    ref = _leaky_clamp_reference(x, *use)
+    (ref_grad,) = torch.autograd.grad(ref, x, grad)
+    ours, saved = _saved_bytes(lambda: leaky_clamp_(x * 1.0, *use))
+    (our_grad,) = torch.autograd.grad(ours, x, grad)
+    assert torch.equal(ours, ref) and torch.equal(our_grad, ref_grad)
+    bites = math.isfinite(use[0]) and use[1] < 3.0
+    assert bites == bool((ours == use[1] * use[3]).any())  # the test covers clamped inputs where it should
+    # At most the output (the native ops keep their input too); a bare clamp that bites nowhere keeps nothing.
+    assert saved == (0 if use[2] == 1.0 and not bites else x.numel() * 4)
+
+
+def test_leaky_clamp_second_derivative_reaches_earlier_parameters_as_the_native_op():
+    """R1's double backward through D's FullyConnected layers: every parameter before the activation gets a
+    gradient (zeros through the activation's own second derivative), as with F.leaky_relu, so that Adam steps it."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 6, requires_grad=True)
+    bias = torch.randn(6, requires_grad=True)
+
+    def grads(act):
+        (gx,) = torch.autograd.grad(act(x + bias).square().sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), [x, bias], allow_unused=True)
+
+    ours = grads(lambda t: leaky_clamp_(t, gain=math.sqrt(2)))
+    ref = grads(lambda t: F.leaky_relu(t, 0.2) * math.sqrt(2))
+    assert all(r is not None for r in ref) and all(o is not None for o in ours)
+    for o, r in zip(ours, ref, strict=True):
+        assert torch.equal(o, r)
+
+
+@pytest.mark.parametrize(("kernel", "up"), [(3, False), (1, False), (3, True)])
+def test_modulated_conv_equals_scaling_then_convolving_bitwise_without_keeping_the_scaled_input(kernel, up):
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    weight = torch.randn(6, 8, kernel, kernel, requires_grad=True)
+    styles = torch.randn(2, 8, requires_grad=True)
+    f = fir_filter_2d() if up else None
+
+    def reference():
+        scaled = x * styles[:, :, None, None]
+        if not up:
+            return F.conv2d(scaled, weight, padding=kernel // 2)
+        y = F.conv_transpose2d(scaled, weight.transpose(0, 1), stride=2)
+        return F.conv2d(F.pad(y, (1, 1, 1, 1)), (f * 4)[None, None].expand(6, 1, 4, 4), groups=6)
+
+    ref = reference()
+    grad = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, [x, weight, styles], grad)
+    ours, saved = _saved_bytes(lambda: modulated_conv2d(x, weight, styles, f))
+    assert torch.equal(ours, ref)
+    for o, r in zip(torch.autograd.grad(ours, [x, weight, styles], grad), ref_grads, strict=True):
+        assert torch.equal(o, r) if not up else (o - r).abs().max() <= 1e-5 * r.abs().max()
+    assert saved <= (x.numel() + styles.numel() + weight.numel() + (f.numel() * 6 if up else 0)) * 4
+
+
+def test_modulated_conv_has_a_second_derivative():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    styles = torch.randn(1, 3, dtype=torch.float64, requires_grad=True)
+    for up in (None, fir_filter_2d().double()):
+        assert torch.autograd.gradgradcheck(lambda a, b, c, f=up: modulated_conv2d(a, b, c, f), (x, weight, styles))

@@ -15,13 +15,14 @@ import pytest
 import torch
 
 from epigraf.nn.field import _corner_index_and_weights, _CornerGather
-from epigraf.nn.layers import _DepthwiseFilter
+from epigraf.nn.layers import _DepthwiseFilter, fir_filter_2d, leaky_clamp_, modulated_conv2d
 from epigraf.train.resample import _ReflectSample, _ReflectSampleTranspose
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "epigraf"
 BF16 = torch.bfloat16
 # Every torch.autograd.Function in src/ and the test below that covers it.
-COVERED = {"_DepthwiseFilter", "_CornerGather", "_ReflectSample", "_ReflectSampleTranspose"}
+COVERED = {"_DepthwiseFilter", "_CornerGather", "_ReflectSample", "_ReflectSampleTranspose", "_StyledConvolution",
+           "_LeakyClamp"}
 # Toggling oneDNN also sets its TF32 flag, which warns on builds without Intel-GPU support.
 pytestmark = pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN:UserWarning")
 
@@ -91,6 +92,44 @@ def test_corner_gather_bf16_table_with_fp32_weights(strict_kernels):
     ref_first, ref_second = _grads_twice(_CornerGather.apply(ref_table, index, ref_weights), [ref_table, ref_weights])
     for ours, ref in zip(first + second, ref_first + ref_second, strict=True):
         _close(ours, ref)
+
+
+@pytest.mark.parametrize("up", [False, True])
+def test_modulated_conv_under_autocast_fp32_activations_and_weights(strict_kernels, up):
+    """Autocast runs the convolution in bf16 while the activations, styles and weights stay fp32 (the synthesis
+    layers under --bf16): the backward convolves in the gradient's dtype and returns each input's."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    weight = torch.randn(3, 4, 3, 3, requires_grad=True)
+    styles = torch.randn(2, 4, requires_grad=True)
+    f = fir_filter_2d() if up else None
+    with torch.autocast("cpu", dtype=BF16):
+        out = modulated_conv2d(x, weight, styles, f)
+    assert out.dtype == BF16
+    grads = torch.autograd.grad(out.float().square().sum(), [x, weight, styles])
+    assert all(g.dtype == torch.float32 for g in grads)
+    ref_x = (x.detach() * styles.detach()[:, :, None, None]).to(BF16).float().div(styles.detach()[:, :, None, None])
+    ref_x.requires_grad_(True)
+    ref_weight = weight.detach().to(BF16).float().requires_grad_()
+    ref_styles = styles.detach().clone().requires_grad_()
+    ref = modulated_conv2d(ref_x, ref_weight, ref_styles, f)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [ref_x, ref_weight, ref_styles])
+    for ours, r in zip(grads, ref_grads, strict=True):
+        _close(ours, r)
+
+
+def test_leaky_clamp_in_bf16(strict_kernels):
+    torch.manual_seed(0)
+    x32 = torch.randn(3, 50) * 3
+    x = x32.to(BF16).requires_grad_()
+    out = leaky_clamp_(x * 1, -2.0, 1.0)
+    assert out.dtype == BF16
+    first, second = _grads_twice(out, [x])
+    assert first[0].dtype == BF16
+    ref = x32.to(BF16).float().requires_grad_()
+    ref_first, ref_second = _grads_twice(torch.nn.functional.leaky_relu(ref.clamp(-2.0, 1.0), 0.2), [ref])
+    _close(first[0], ref_first[0])
+    _close(second[0], ref_second[0])
 
 
 def test_reflect_sample_bf16_images_with_fp32_grid(strict_kernels):

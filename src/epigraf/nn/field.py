@@ -95,14 +95,25 @@ def _corner_index_and_weights(grid: Tensor, h: int, w: int) -> tuple[Tensor, Ten
     return index.reshape(b * p, 12), weights.reshape(b * p, 12)
 
 
+# Values in one chunk of _corner_gradient's K-fold temporary (128 MB in fp32).
+CORNER_GRADIENT_CHUNK_VALUES = 2**25
+
+
 def _corner_gradient(table: Tensor, index: Tensor, weights: Tensor, grad_out: Tensor) -> Tensor:
     """Σ over (q, k) of weights[q, k] · grad_out[q] into row index[q, k] of a zero table shaped like ``table``.
 
-    One ``index_add_`` over all Q·K rows instead of one per corner slot: on CPUs each call is a scatter whose fixed
-    cost dominates (benchmarks/RESULTS.md, "Where the time goes"); the K-fold temporary is Q·K·F floats.
+    One ``index_add_`` over all K corner slots of a chunk of points instead of one per slot: on CPUs each call
+    is a scatter whose fixed cost dominates (benchmarks/RESULTS.md, "Where the time goes"). The chunks bound the
+    K-fold temporary (Q·K·F values: 1.2 GB for ffhq256's batch of 4 unchunked) and add in the same order.
     """
-    spread = (grad_out[:, None, :] * weights[..., None]).reshape(-1, table.shape[1])
-    return torch.zeros_like(table).index_add_(0, index.reshape(-1), spread.to(table.dtype))
+    grad_table = torch.zeros_like(table)
+    q, k = index.shape
+    rows = max(1, CORNER_GRADIENT_CHUNK_VALUES // (k * table.shape[1]))
+    for start in range(0, q, rows):
+        chunk = slice(start, start + rows)
+        spread = (grad_out[chunk, None, :] * weights[chunk, :, None]).reshape(-1, table.shape[1])
+        grad_table.index_add_(0, index[chunk].reshape(-1), spread.to(table.dtype))
+    return grad_table
 
 
 class _CornerGather(torch.autograd.Function):

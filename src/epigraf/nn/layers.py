@@ -25,6 +25,71 @@ def lrelu_clamped(x: Tensor, gain: float = 1.0, clamp: float | None = None) -> T
     return x
 
 
+def leaky_clamp_(x: Tensor, lo: float = -math.inf, hi: float = math.inf, slope: float = LRELU_SLOPE,
+                 gain: float = 1.0) -> Tensor:
+    """In place: x ← leaky_relu(clamp(x, lo, hi), slope) · gain (slope 1: no activation), for gain > 0.
+
+    The same values as those three ops, but autograd keeps only the result: an in-place ``clamp_`` keeps a copy of
+    its input, and ``leaky_relu(x) * gain`` keeps x, while the sign of the result and whether it lies strictly
+    inside its clamped range give the gradient. That range is open where ``clamp``'s is closed, so an input equal
+    to a bound (a measure-zero event) gets gradient 0 instead of 1. The tri-plane decoder's activations at 512²
+    are most of what G's step keeps for its backward (benchmarks/RESULTS.md, "Peak memory").
+    """
+    return _LeakyClamp.apply(x, lo, hi, slope, gain)
+
+
+class _LeakyClamp(torch.autograd.Function):
+    """``leaky_clamp_``'s in-place op, whose backward needs only its output; differentiable again (R1)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lo: float, hi: float, slope: float, gain: float) -> Tensor:
+        ctx.slope, ctx.gain, ctx.bounds = slope, gain, None
+        ctx.mark_dirty(x)
+        clamped = lo > -math.inf or hi < math.inf
+        if clamped and slope == 1.0 and gain == 1.0 and x.device.type == "cpu":
+            # A bare clamp (the tri-plane outputs'), which rarely bites: when nothing reaches a bound the op is the
+            # identity and its backward needs nothing kept. Only on CPUs: on CUDA the test would stall the queue.
+            low, high = x.aminmax()
+            if lo < low.item() and high.item() < hi:
+                ctx.identity = True
+                return x
+        ctx.identity = False
+        if clamped:
+            # The bounds' images under the same ops in x's dtype: a clamped input's output equals them exactly.
+            bounds = torch.tensor([lo, hi], dtype=x.dtype, device="cpu")
+            ctx.bounds = _leaky_clamp_values(bounds, lo, hi, slope, gain).tolist()
+        _leaky_clamp_values(x, lo, hi, slope, gain)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
+        if ctx.identity:
+            return grad, None, None, None, None
+        (y,) = ctx.saved_tensors
+        if ctx.gain != 1.0:
+            grad = grad * ctx.gain
+        if ctx.slope != 1.0:
+            # The native op, not a where(): in a double backward (D's R1) its derivative links y to the graph with
+            # zeros, so every parameter before it has a gradient as with F.leaky_relu, and Adam steps them alike.
+            grad = torch.ops.aten.leaky_relu_backward(grad, y, ctx.slope, True)
+        if ctx.bounds is not None:
+            lo, hi = ctx.bounds
+            grad = torch.where((y > lo) & (y < hi), grad, 0.0)
+        return grad, None, None, None, None
+
+
+def _leaky_clamp_values(x: Tensor, lo: float, hi: float, slope: float, gain: float) -> Tensor:
+    """x ← leaky_relu(clamp(x, lo, hi), slope) · gain in place: the ops ``leaky_clamp_`` stands for, in their order."""
+    if lo > -math.inf or hi < math.inf:
+        x.clamp_(lo, hi)
+    if slope != 1.0:
+        F.leaky_relu_(x, slope)
+    if gain != 1.0:
+        x.mul_(gain)
+    return x
+
+
 def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
     """x / sqrt(mean(x²) + eps) along ``dim``."""
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
@@ -148,7 +213,7 @@ class FullyConnected(nn.Module):
         if self.bias_gain != 1:
             b = b * self.bias_gain
         x = F.linear(x, w, b)
-        return F.leaky_relu(x, LRELU_SLOPE) * LRELU_GAIN if self.activation else x
+        return leaky_clamp_(x, gain=LRELU_GAIN) if self.activation else x
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, lrelu={self.activation}"
@@ -216,12 +281,47 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, up_filter: Tenso
     """
     weight = weight.to(x.dtype)
     k = weight.shape[-1]
-    x = x * styles[:, :, None, None]
     if up_filter is None:
-        return F.conv2d(x, weight, padding=k // 2)
-    x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)  # [B, O, 2H + k - 2, 2W + k - 2]
+        return _StyledConvolution.apply(x, styles, weight, False)
+    x = _StyledConvolution.apply(x, styles, weight.transpose(0, 1), True)  # [B, O, 2H + k - 2, 2W + k - 2]
     pad = 5 - k  # the 4-tap filter brings the size back to 2H
     return _fir(x, up_filter, (pad - pad // 2, pad // 2, pad - pad // 2, pad // 2), gain=4.0)
+
+
+class _StyledConvolution(torch.autograd.Function):
+    """conv(x · styles[:, :, None, None], weight): a 'same' 3×3 / 1×1 convolution, or (``transposed``) a stride-2
+    transposed one with weight [I, O, k, k]. x [B, I, H, W], styles [B, I].
+
+    Autograd would keep the styled input x · styles for the weight's gradient, a second copy of the activations
+    beside x (which the previous layer's activation keeps anyway); this recomputes it in the backward, one
+    multiply, instead. The gradients are those autograd computes for the two ops. Differentiable again.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, styles: Tensor, weight: Tensor, transposed: bool) -> Tensor:
+        ctx.save_for_backward(x, styles, weight)
+        ctx.transposed = transposed
+        styled = x * styles[:, :, None, None]
+        if transposed:
+            return F.conv_transpose2d(styled, weight, stride=2)
+        return F.conv2d(styled, weight, padding=weight.shape[-1] // 2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        x, styles, weight = ctx.saved_tensors
+        styled = x * styles[:, :, None, None]
+        # Autocast ran the convolution in its own dtype: the gradient's.
+        conv_input, conv_weight = styled.to(grad.dtype), weight.to(grad.dtype)
+        stride, padding = ([2, 2], [0, 0]) if ctx.transposed else ([1, 1], [weight.shape[-1] // 2] * 2)
+        grad_styled, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad, conv_input, conv_weight, None, stride, padding, [1, 1], ctx.transposed, [0, 0], 1,
+            [True, ctx.needs_input_grad[2], False])
+        grad_styled = grad_styled.to(styled.dtype)
+        grad_x = grad_styled * styles[:, :, None, None] if ctx.needs_input_grad[0] else None
+        grad_styles = (grad_styled * x).sum(dim=(2, 3)) if ctx.needs_input_grad[1] else None
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_x, grad_styles, grad_weight, None
 
 
 def demodulation_coefficients(weight: Tensor, styles: Tensor) -> Tensor:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from epigraf.nn.layers import (
@@ -19,6 +18,7 @@ from epigraf.nn.layers import (
     FullyConnected,
     demodulation_coefficients,
     fir_filter_2d,
+    leaky_clamp_,
     modulated_conv2d,
     upsample2d,
 )
@@ -75,9 +75,9 @@ class SynthesisLayer(nn.Module):
         if noisy and noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
             x.add_(noise * (self.noise_strength * LRELU_GAIN))
-        if self.conv_clamp is not None:
-            x.clamp_(-self.conv_clamp / LRELU_SLOPE, self.conv_clamp)
-        return F.leaky_relu_(x, LRELU_SLOPE)
+        if self.conv_clamp is None:
+            return leaky_clamp_(x)
+        return leaky_clamp_(x, -self.conv_clamp / LRELU_SLOPE, self.conv_clamp)
 
 
 class ToPlanesLayer(nn.Module):
@@ -95,7 +95,7 @@ class ToPlanesLayer(nn.Module):
         """x [B, in, H, W], w [B, w_dim] → [B, out, H, W]."""
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles).add_(self.bias[None, :, None, None])
-        return x if self.conv_clamp is None else x.clamp_(-self.conv_clamp, self.conv_clamp)
+        return x if self.conv_clamp is None else leaky_clamp_(x, -self.conv_clamp, self.conv_clamp, slope=1.0)
 
 
 class SynthesisBlock(nn.Module):
