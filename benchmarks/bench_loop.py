@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--r1-interval", type=int, default=1)
     parser.add_argument("--keep-denormals", action="store_true", help="do not flush subnormal floats to zero")
     parser.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default allocator settings")
+    parser.add_argument("--compile", choices=("none", "G", "D", "both"), default="none",
+                        help="torch.compile these networks (as `epigraf train --compile` does both)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/loop.json"))
     args = parser.parse_args()
@@ -153,6 +155,10 @@ def main() -> None:
 
     device = torch.device(args.device)
     loss, G_opt, D_opt, env, G_ema, fresh_inputs = build(args.preset, args.batch, args.r1_interval, device)
+    if args.compile in ("G", "both"):
+        loss.G.compile()
+    if args.compile in ("D", "both"):
+        loss.D.compile()
     b = args.batch
 
     records = []
@@ -187,7 +193,7 @@ def main() -> None:
         "device": device_name(device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(), "preset": args.preset, "batch": b, "iterations": args.iterations,
-        "warmup": args.warmup, "r1_interval": args.r1_interval, "malloc_tuning": tuned,
+        "warmup": args.warmup, "r1_interval": args.r1_interval, "compile": args.compile, "malloc_tuning": tuned,
         "denormals_flushed": flushed and denormals_flushed(), "load_average": os.getloadavg(),
         "peak_rss_gib": round(peak_rss, 2),
     }
