@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import rel_err
-from epigraf.nn.layers import fir_filter_2d, leaky_clamp_, modulated_conv2d, upsample2d
+from epigraf.nn.layers import _fir, fir_filter_2d, leaky_clamp_, modulated_conv2d, upsample2d
 from epigraf.nn.synthesis import SynthesisLayer, ToPlanesLayer
 
 
@@ -216,3 +216,23 @@ def test_modulated_conv_has_a_second_derivative():
     styles = torch.randn(1, 3, dtype=torch.float64, requires_grad=True)
     for up in (None, fir_filter_2d().double()):
         assert torch.autograd.gradgradcheck(lambda a, b, c, f=up: modulated_conv2d(a, b, c, f), (x, weight, styles))
+
+
+@pytest.mark.parametrize("pad", [(1, 1, 1, 1), (2, 1, 2, 1), (0, 0, 0, 0)])
+def test_fir_padding_in_the_convolution_equals_padding_first_to_second_order(pad):
+    """Equal pads go into the depthwise convolution itself (no padded copy): the same values and gradients, R1's
+    double backward included, as padding x first."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    f = fir_filter_2d()
+
+    def padded_first(t):
+        return F.conv2d(F.pad(t, pad), (f * 2.0)[None, None].expand(3, 1, 4, 4), groups=3)
+
+    def grads(fn):
+        y = fn(x)
+        (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        return y, g, torch.autograd.grad(g.square().sum(), x)[0]
+
+    for ours, ref in zip(grads(lambda t: _fir(t, f, pad, gain=2.0)), grads(padded_first), strict=True):
+        assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()

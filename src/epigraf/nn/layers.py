@@ -118,26 +118,32 @@ def _fir(x: Tensor, f: Tensor, pad: tuple[int, int, int, int], gain: float,
          fold_channels: bool | None = None) -> Tensor:
     """Depthwise convolution of x [B, C, H, W] with the 2D filter f after zero padding (l, r, t, b).
 
-    ``fold_channels`` (default: on CUDA) computes it as a one-channel convolution of [B·C, 1, H, W].
+    ``fold_channels`` (default: on CUDA) computes it as a one-channel convolution of [B·C, 1, H, W]. Equal pads
+    are the convolution's own padding (the same sums: the padded zeros add nothing), which spares a padded copy
+    of x; other pads copy.
     """
     b, c, h, w = x.shape
     # The filter is symmetric, so correlation and convolution agree.
     weight = (f * gain).to(x.dtype)[None, None]
+    same = pad[0] if len(set(pad)) == 1 else 0
     if fold_channels is None:
         fold_channels = x.is_cuda
     if fold_channels:
         # Channels folded into the batch: one one-channel convolution with the same sums as the depthwise
         # one below. Autograd's double backward (R1) of a grouped convolution runs one convolution per
         # group: thousands of small kernels per R1 step, most of its GPU time (benchmarks/RESULTS.md, GPU).
-        x = F.conv2d(F.pad(x.reshape(b * c, 1, h, w), pad), weight)
+        x = x.reshape(b * c, 1, h, w)
+        x = F.conv2d(x if same or not any(pad) else F.pad(x, pad), weight, padding=same)
         return x.reshape(b, c, *x.shape[-2:])
     # On CPUs the depthwise convolution is the fastest form of the forward and backward passes; its own
     # backward keeps R1's double backward depthwise too (see _DepthwiseFilter).
-    return _DepthwiseFilter.apply(F.pad(x, pad), weight.expand(c, 1, *f.shape))
+    x = x if same or not any(pad) else F.pad(x, pad)
+    return _DepthwiseFilter.apply(x, weight.expand(c, 1, *f.shape), same)
 
 
 class _DepthwiseFilter(torch.autograd.Function):
-    """Valid depthwise correlation of x [B, C, H, W] with a constant filter [C, 1, k, k] → [B, C, H−k+1, W−k+1].
+    """Depthwise correlation of x [B, C, H, W] with a constant filter [C, 1, k, k] and zero ``padding`` p on every
+    side → [B, C, H+2p−k+1, W+2p−k+1].
 
     Its backward is the adjoint, again a depthwise correlation (of the zero-padded gradient with the flipped
     filter) computed by this same function, so every order of derivative stays one depthwise convolution.
@@ -151,30 +157,31 @@ class _DepthwiseFilter(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, padding: int = 0) -> Tensor:
         ctx.save_for_backward(weight)
-        ctx.input_shape = x.shape
-        return F.conv2d(x, weight.to(x.dtype), groups=weight.shape[0])
+        ctx.input_shape, ctx.padding = x.shape, padding
+        return F.conv2d(x, weight.to(x.dtype), padding=padding, groups=weight.shape[0])
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (weight,) = ctx.saved_tensors
         weight = weight.to(grad.dtype)
         if not torch.is_grad_enabled():  # a first-order backward: the native kernel is faster (RESULTS.md)
-            return torch.nn.grad.conv2d_input(ctx.input_shape, weight, grad, groups=weight.shape[0]), None
-        k = weight.shape[-1] - 1
-        return _DepthwiseFilter.apply(F.pad(grad, (k, k, k, k)), weight.flip(-2, -1)), None
+            return torch.nn.grad.conv2d_input(ctx.input_shape, weight, grad, padding=ctx.padding,
+                                              groups=weight.shape[0]), None, None
+        return _DepthwiseFilter.apply(grad, weight.flip(-2, -1), weight.shape[-1] - 1 - ctx.padding), None, None
 
 
 def upsample2d(x: Tensor, f: Tensor) -> Tensor:
-    """2× FIR up-sampling: zero insertion, pad (2, 1), filter with gain 4. [B,C,H,W] → [B,C,2H,2W]."""
+    """2× FIR up-sampling: zero insertion, pad (2, 1), filter with gain 4. [B,C,H,W] → [B,C,2H,2W].
+
+    The zero-inserted image is written into its padded frame at once: one buffer instead of two."""
     b, c, h, w = x.shape
-    up = x.new_zeros(b, c, h, 2, w, 2)
-    up[:, :, :, 0, :, 0] = x
-    up = up.reshape(b, c, 2 * h, 2 * w)
     k = f.shape[-1]
     p0, p1 = (k + 1) // 2, (k - 2) // 2
-    return _fir(up, f, (p0, p1, p0, p1), gain=4.0)
+    up = x.new_zeros(b, c, 2 * h + p0 + p1, 2 * w + p0 + p1)
+    up[:, :, p0 : p0 + 2 * h : 2, p0 : p0 + 2 * w : 2] = x
+    return _fir(up, f, (0, 0, 0, 0), gain=4.0)
 
 
 def downsample2d(x: Tensor, f: Tensor) -> Tensor:
