@@ -125,7 +125,8 @@ def _fir(x: Tensor, f: Tensor, pad: tuple[int, int, int, int], gain: float,
     b, c, h, w = x.shape
     # The filter is symmetric, so correlation and convolution agree.
     weight = (f * gain).to(x.dtype)[None, None]
-    same = pad[0] if len(set(pad)) == 1 else 0
+    equal = len(set(pad)) == 1
+    same = pad[0] if equal else 0
     if fold_channels is None:
         fold_channels = x.is_cuda
     if fold_channels:
@@ -133,11 +134,11 @@ def _fir(x: Tensor, f: Tensor, pad: tuple[int, int, int, int], gain: float,
         # one below. Autograd's double backward (R1) of a grouped convolution runs one convolution per
         # group: thousands of small kernels per R1 step, most of its GPU time (benchmarks/RESULTS.md, GPU).
         x = x.reshape(b * c, 1, h, w)
-        x = F.conv2d(x if same or not any(pad) else F.pad(x, pad), weight, padding=same)
+        x = F.conv2d(x if equal else F.pad(x, pad), weight, padding=same)
         return x.reshape(b, c, *x.shape[-2:])
     # On CPUs the depthwise convolution is the fastest form of the forward and backward passes; its own
     # backward keeps R1's double backward depthwise too (see _DepthwiseFilter).
-    x = x if same or not any(pad) else F.pad(x, pad)
+    x = x if equal else F.pad(x, pad)
     return _DepthwiseFilter.apply(x, weight.expand(c, 1, *f.shape), same)
 
 

@@ -75,9 +75,8 @@ class SynthesisLayer(nn.Module):
         if noisy and noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
             x.add_(noise * (self.noise_strength * LRELU_GAIN))
-        if self.conv_clamp is None:
-            return leaky_clamp_(x)
-        return leaky_clamp_(x, -self.conv_clamp / LRELU_SLOPE, self.conv_clamp)
+        clamp = math.inf if self.conv_clamp is None else self.conv_clamp
+        return leaky_clamp_(x, -clamp / LRELU_SLOPE, clamp)
 
 
 class ToPlanesLayer(nn.Module):
