@@ -192,3 +192,21 @@ def test_metric_registry_matches_the_protocol():
     from epigraf.metrics.evaluate import METRICS
 
     assert METRICS["geometry"].num == geo.GeometryProtocol().views_per_class
+
+
+def test_yaw_alignment_finds_a_turn_about_the_up_axis(toys):
+    """The true mug turned by a quarter about the world's up axis (R_y(a) = [[cos a, 0, sin a], [0, 1, 0],
+    [−sin a, 0, cos a]]): at the dataset's cameras its silhouette misses, and the camera yaw offset of −a turns it
+    back, scoring as the upright mug does."""
+    (mug,) = load_builtin_truth(toys, SMALL.views_per_class, classes=[1])
+    cfg = preset("builtin").generator
+    a = math.pi / 2
+    turn = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    turned = TriangleMesh(mug.mesh.vertices @ turn.T, mug.mesh.faces)
+    model = geo.FieldModel({1: mesh_density_field(turned, resolution=64)}, cfg.camera, cfg.render)
+    yaws = [k * math.pi / 2 for k in range(4)]
+    scores = geo.yaw_alignment(model, mug, yaws, SMALL)
+    ious = [s["silhouette_iou"] for s in scores]
+    assert ious.index(max(ious)) == 3  # −a ≡ 3π/2
+    assert ious[3] > 0.95 and scores[3]["depth_error"] < 0.02
+    assert ious[0] < ious[3] - 0.1 and ious[2] < ious[3] - 0.1

@@ -84,6 +84,7 @@ __all__ = [
     "geometry_metric",
     "render_views",
     "training_evaluator",
+    "yaw_alignment",
 ]
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,26 @@ def depth_scores(depth_sum: Tensor, opacity: Tensor, true_depth: Tensor, true_ma
     return {"depth_error": median(error[union]), "depth_error_hits": median(error[both]),
             "depth_bias_hits": median(signed[both]),
             "silhouette_iou": float(both.sum() / union.sum()) if union.any() else math.nan}
+
+
+def yaw_alignment(model: GeometryModel, truth: ClassTruth, yaws: Sequence[float],
+                  protocol: GeometryProtocol = GeometryProtocol()) -> list[dict[str, float]]:
+    """``depth_scores`` of the model turned about the world's up axis by each of ``yaws`` (radians), in order.
+
+    Adding φ to every camera's yaw shows the model as if it were turned by −φ. Cameras spread uniformly in yaw,
+    seen by a D that is not told the camera, leave such a turn unidentified: the turned toy's views are the true
+    toy's, each from another camera. The scores at the best yaw measure the shape apart from that turn."""
+    cam = model.camera
+    seeds = list(range(len(truth.keys)))
+    scores = []
+    for yaw in yaws:
+        angles = truth.angles.clone()
+        angles[:, 0] += yaw
+        cameras = Cameras.from_angles(angles, truth.fov, truth.radius)
+        _, depth_sum, opacity = render_views(model, truth.label, seeds, cameras, truth.depth.shape[-1], protocol)
+        scores.append(depth_scores(depth_sum, opacity, truth.depth, truth.mask, cam.ray_start, cam.ray_end,
+                                   protocol))
+    return scores
 
 
 @dataclass
