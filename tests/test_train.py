@@ -3,6 +3,7 @@ non-finite steps are skipped, options are validated."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -248,6 +249,40 @@ def test_dataset_of_the_wrong_resolution_is_refused(tmp_path):
     make_dataset(tmp_path / "data", res=16)
     with pytest.raises(ValueError, match=r"dataset images are 16² but the model \('tiny'\) trains at 32²"):
         train(options(tmp_path), tiny_model_config())
+
+
+def test_the_builtin_recipe_tells_d_the_camera_and_does_not_mirror():
+    """The builtin preset's D is camera-conditioned (drop p 0) and its data unmirrored (options.BUILTIN_RECIPE);
+    the paper presets keep the original's defaults; an explicit flag wins over either."""
+    builtin = TrainOptions().with_preset_defaults()
+    assert (builtin.mirror, builtin.d_camera_cond, builtin.d_camera_cond_drop_p) == (False, True, 0.0)
+    paper = TrainOptions(preset="ffhq256").with_preset_defaults()
+    assert (paper.mirror, paper.d_camera_cond, paper.d_camera_cond_drop_p) == (True, False, 0.5)
+    asked = TrainOptions(mirror=True, d_camera_cond=False).with_preset_defaults()
+    assert (asked.mirror, asked.d_camera_cond) == (True, False)
+
+
+def test_a_camera_conditioned_d_needs_a_dataset_with_cameras(tmp_path):
+    from epigraf.data.dataset import ImageDataset
+    from epigraf.train.data_feed import model_config_for
+
+    tiny = tiny_model_config()
+    # Cameras of G's own distribution, as the builtin preset's: only D's conditioning needs the dataset's.
+    base = dataclasses.replace(tiny, generator=dataclasses.replace(
+        tiny.generator, camera=dataclasses.replace(tiny.generator.camera, distribution="spherical_uniform")))
+    root = make_dataset(tmp_path / "data")
+    (root / "dataset.json").unlink()
+    dataset = ImageDataset(root)
+    with pytest.raises(ValueError, match="the dataset has no camera_angles in dataset.json; train without it: "
+                                         "--no-d-camera-cond"):
+        model_config_for(options(tmp_path).with_preset_defaults(), dataset, base)
+    with pytest.raises(ValueError, match="--pose-cond conditions G and D on the camera, but the dataset has no"):
+        model_config_for(options(tmp_path, pose_cond=True).with_preset_defaults(), dataset, base)
+    cfg = model_config_for(options(tmp_path, d_camera_cond=False).with_preset_defaults(), dataset, base)
+    assert not cfg.discriminator.camera_cond
+    posed = model_config_for(options(tmp_path).with_preset_defaults(), ImageDataset(make_dataset(tmp_path / "posed")),
+                             base)
+    assert posed.discriminator.camera_cond and posed.discriminator.camera_cond_drop_p == 0.0
 
 
 def test_resolution_option_trains_the_preset_at_another_image_size(tmp_path):

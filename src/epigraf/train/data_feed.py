@@ -59,11 +59,17 @@ def model_config_for(opts: TrainOptions, dataset: ImageDataset, base: ModelConfi
     if g.camera.distribution == "custom" and not dataset.has_cameras:
         raise ValueError(f"preset {opts.preset!r} renders from the dataset's poses, but the dataset has no "
                          "camera_angles in dataset.json")
+    d_camera_cond = bool(opts.d_camera_cond or opts.pose_cond)
+    if opts.pose_cond and not dataset.has_cameras:
+        raise ValueError("--pose-cond conditions G and D on the camera, but the dataset has no camera_angles in "
+                         "dataset.json")
+    if d_camera_cond and not dataset.has_cameras:
+        raise ValueError("D is camera-conditioned (--d-camera-cond, the builtin preset's default), but the dataset "
+                         "has no camera_angles in dataset.json; train without it: --no-d-camera-cond")
     mean_pose = dataset.mean_camera_pose or g.mean_camera_pose
     g = dataclasses.replace(g, c_dim=c_dim, camera_cond=opts.g_camera_cond or opts.pose_cond,
                             mean_camera_pose=tuple(mean_pose))
-    d = dataclasses.replace(d, c_dim=c_dim, camera_cond=opts.d_camera_cond or opts.pose_cond,
-                            camera_cond_drop_p=opts.d_camera_cond_drop_p)
+    d = dataclasses.replace(d, c_dim=c_dim, camera_cond=d_camera_cond, camera_cond_drop_p=opts.d_camera_cond_drop_p)
     gamma = opts.r1_gamma if opts.r1_gamma >= 0 else cfg.r1_gamma
     return dataclasses.replace(cfg, generator=g, discriminator=d, r1_gamma=gamma)
 
