@@ -185,6 +185,16 @@ def test_resuming_with_changed_options_warns_and_keeps_the_original_record(tmp_p
     assert resumed["batch_size"] == 8 and resumed["resume"] == "latest"
 
 
+def test_resuming_with_options_that_change_the_model_names_the_difference(tmp_path, data):
+    """A run of the builtin recipe before its D was camera-conditioned, resumed with today's defaults: the error
+    names each config field that differs and where the run's own options are."""
+    train(quick_options(tmp_path, kimg=0.008, d_camera_cond=False, d_camera_cond_drop_p=0.5), tiny_model_config())
+    with pytest.raises(ValueError, match=r"different model config than these options give \(discriminator\."
+                                         r"camera_cond: False → True; discriminator\.camera_cond_drop_p: 0\.5 → 0\.0\)"
+                                         r"; give the options the run was trained with \(its options\.json\)"):
+        train(quick_options(tmp_path, resume="latest"), tiny_model_config())
+
+
 def test_a_run_of_non_finite_steps_warns_then_stops_at_the_stated_limit(tmp_path, data, monkeypatch, caplog):
     real_loss = PatchGANLoss.generator_loss
 

@@ -242,6 +242,19 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise ValueError(f"config {label}: {err}") from err
 
 
+def config_differences(before: Any, after: Any, where: str = "") -> list[str]:
+    """``"path: before → after"`` for every field of two configs of one dataclass type that differs, nested
+    dataclasses by dotted path (``discriminator.camera_cond: False → True``)."""
+    found = []
+    for f in dataclasses.fields(before):
+        a, b, name = getattr(before, f.name), getattr(after, f.name), where + f.name
+        if dataclasses.is_dataclass(a) and type(a) is type(b):
+            found += config_differences(a, b, name + ".")
+        elif a != b:
+            found.append(f"{name}: {a!r} → {b!r}")
+    return found
+
+
 def _checked_value(tp: Any, value: Any, name: str) -> Any:
     """``value`` if it fits the field type ``tp`` (int, float, bool, str, X | None, tuple[float, ...]), else a
     ValueError naming the field."""

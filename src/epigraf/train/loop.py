@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from epigraf.checkpoint import load_checkpoint, save_checkpoint
-from epigraf.config import ModelConfig, preset
+from epigraf.config import ModelConfig, config_differences, preset
 from epigraf.metrics import compute_metric
 from epigraf.metrics.geometry import training_evaluator
 from epigraf.nn.discriminator import Discriminator
@@ -250,7 +250,9 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
         network, state_file = resume
         ckpt = load_checkpoint(network)
         if ckpt.config != cfg:
-            raise ValueError(f"{network} was trained with a different model config than these options give")
+            raise ValueError(f"{network} was trained with a different model config than these options give "
+                             f"({'; '.join(config_differences(ckpt.config, cfg))}); give the options the run was "
+                             "trained with (its options.json), e.g. those an earlier epigraf version defaulted to")
         state = load_state(state_file)
         for ours, theirs in ((G, ckpt.G), (G_ema, ckpt.G_ema), (D, ckpt.D)):
             ours.load_state_dict(theirs.state_dict())
