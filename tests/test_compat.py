@@ -147,7 +147,7 @@ def test_pose_cond_flag_builds_the_original_posed_ffhq512(original_fixtures):
 
     keys = _keys_file(original_fixtures, "ffhq512posecond")
     args = build_parser().parse_args(["train", "--preset", "ffhq512", "--pose-cond"])
-    opts = options_from_args(args, TrainOptions)
+    opts = options_from_args(args, TrainOptions).with_preset_defaults()  # as `train` resolves them
     posed_faces = SimpleNamespace(resolution=512, c_dim=0, has_cameras=True, mean_camera_pose=None)
     cfg = model_config_for(opts, posed_faces, preset("ffhq512"))
     assert cfg.generator.camera_cond and cfg.discriminator.camera_cond

@@ -260,6 +260,8 @@ def test_the_builtin_recipe_tells_d_the_camera_and_does_not_mirror():
     assert (paper.mirror, paper.d_camera_cond, paper.d_camera_cond_drop_p) == (True, False, 0.5)
     asked = TrainOptions(mirror=True, d_camera_cond=False).with_preset_defaults()
     assert (asked.mirror, asked.d_camera_cond) == (True, False)
+    assert TrainOptions(pose_cond=True).with_preset_defaults().d_camera_cond_drop_p == 0.5  # the original's
+    assert TrainOptions(pose_cond=True, d_camera_cond_drop_p=0.2).with_preset_defaults().d_camera_cond_drop_p == 0.2
 
 
 def test_a_camera_conditioned_d_needs_a_dataset_with_cameras(tmp_path):

@@ -120,7 +120,8 @@ class TrainOptions:
               "the original, on for builtin)"
     )
     d_camera_cond_drop_p: float | None = option(
-        None, "probability of dropping the camera given to D (default: the preset's, 0.5 paper, 0 builtin)"
+        None, "probability of dropping the camera given to D (default: the preset's, 0.5 paper, 0 builtin; 0.5 with "
+              "--pose-cond)"
     )
     g_camera_cond: bool = option(False, "generator pose conditioning (GPC)")
     pose_cond: bool = option(False, "the original's recipe for posed data (FFHQ, Cats): --d-camera-cond (Fourier "
@@ -200,6 +201,8 @@ class TrainOptions:
     def with_preset_defaults(self) -> TrainOptions:
         """These options with every unset schedule option taken from the preset's recipe."""
         recipe = PAPER_RECIPE if self.is_paper_preset else BUILTIN_RECIPE
+        if self.pose_cond:  # the original's recipe for posed data, whatever the preset
+            recipe = dataclasses.replace(recipe, d_camera_cond_drop_p=PAPER_RECIPE.d_camera_cond_drop_p)
         return dataclasses.replace(self, **{
             f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe) if getattr(self, f.name) is None
         })
