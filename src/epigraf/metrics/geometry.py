@@ -84,6 +84,7 @@ __all__ = [
     "geometry_metric",
     "render_views",
     "training_evaluator",
+    "view_scores",
     "yaw_alignment",
 ]
 
@@ -224,24 +225,27 @@ def depth_scores(depth_sum: Tensor, opacity: Tensor, true_depth: Tensor, true_ma
             "silhouette_iou": float(both.sum() / union.sum()) if union.any() else math.nan}
 
 
+def view_scores(model: GeometryModel, truth: ClassTruth, protocol: GeometryProtocol = GeometryProtocol(),
+                yaw: float = 0.0) -> dict[str, float]:
+    """``depth_scores`` of the model's renders of ``truth``'s views (view i from seed i), every camera's yaw offset
+    by ``yaw`` radians (0: the protocol's own cameras)."""
+    angles = truth.angles.clone()
+    angles[:, 0] += yaw
+    cameras = Cameras.from_angles(angles, truth.fov, truth.radius)
+    seeds = list(range(len(truth.keys)))
+    _, depth_sum, opacity = render_views(model, truth.label, seeds, cameras, truth.depth.shape[-1], protocol)
+    return depth_scores(depth_sum, opacity, truth.depth, truth.mask, model.camera.ray_start, model.camera.ray_end,
+                        protocol)
+
+
 def yaw_alignment(model: GeometryModel, truth: ClassTruth, yaws: Sequence[float],
                   protocol: GeometryProtocol = GeometryProtocol()) -> list[dict[str, float]]:
-    """``depth_scores`` of the model turned about the world's up axis by each of ``yaws`` (radians), in order.
+    """``view_scores`` of the model turned about the world's up axis by each of ``yaws`` (radians), in order.
 
     Adding φ to every camera's yaw shows the model as if it were turned by −φ. Cameras spread uniformly in yaw,
     seen by a D that is not told the camera, leave such a turn unidentified: the turned toy's views are the true
     toy's, each from another camera. The scores at the best yaw measure the shape apart from that turn."""
-    cam = model.camera
-    seeds = list(range(len(truth.keys)))
-    scores = []
-    for yaw in yaws:
-        angles = truth.angles.clone()
-        angles[:, 0] += yaw
-        cameras = Cameras.from_angles(angles, truth.fov, truth.radius)
-        _, depth_sum, opacity = render_views(model, truth.label, seeds, cameras, truth.depth.shape[-1], protocol)
-        scores.append(depth_scores(depth_sum, opacity, truth.depth, truth.mask, cam.ray_start, cam.ray_end,
-                                   protocol))
-    return scores
+    return [view_scores(model, truth, protocol, yaw) for yaw in yaws]
 
 
 @dataclass
@@ -369,13 +373,9 @@ def evaluate_geometry(model: GeometryModel, truths: Sequence[ClassTruth],
                       protocol: GeometryProtocol = GeometryProtocol(), progress: bool = False) -> GeometryResult:
     """Every class's depth, silhouette and mesh scores (module docstring)."""
     t0 = time.perf_counter()
-    cam = model.camera
     results = []
     for truth in tqdm(truths, desc="geometry", unit="class", disable=not progress, dynamic_ncols=True):
-        seeds = list(range(len(truth.keys)))
-        _, depth_sum, opacity = render_views(model, truth.label, seeds, truth.cameras, truth.depth.shape[-1],
-                                             protocol)
-        scores = depth_scores(depth_sum, opacity, truth.depth, truth.mask, cam.ray_start, cam.ray_end, protocol)
+        scores = view_scores(model, truth, protocol)
         scores.update(mesh_scores(model, truth, protocol))
         results.append(ClassGeometry(truth.name, truth.label, len(truth.keys), scores))
     return GeometryResult(results, protocol, time.perf_counter() - t0)
