@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import rel_err
-from epigraf.nn.layers import _fir, fir_filter_2d, leaky_clamp_, modulated_conv2d, upsample2d
+from epigraf.nn.layers import Conv2dLayer, _fir, downsample2d, fir_filter_2d, leaky_clamp_, modulated_conv2d, upsample2d
 from epigraf.nn.synthesis import SynthesisLayer, ToPlanesLayer
 
 
@@ -182,6 +182,68 @@ def test_leaky_clamp_second_derivative_reaches_earlier_parameters_as_the_native_
     assert all(r is not None for r in ref) and all(o is not None for o in ours)
     for o, r in zip(ours, ref, strict=True):
         assert torch.equal(o, r)
+
+
+def reference_conv2d_layer(layer: Conv2dLayer, x, gain):
+    """StyleGAN2's D layer one op at a time: conv (FIR first when down-sampling), + bias, lrelu·√2, × gain,
+    clamp to ±conv_clamp·gain."""
+    w = layer.weight * layer.weight_gain
+    f = layer.resample_filter
+    if layer.down and layer.kernel_size == 1:
+        y = F.conv2d(downsample2d(x, f), w)
+    elif layer.down:
+        y = F.conv2d(_fir(x, f, (2, 2, 2, 2), gain=1.0), w, stride=2)
+    else:
+        y = F.conv2d(x, w, padding=layer.kernel_size // 2)
+    if layer.bias is not None:
+        y = y + layer.bias[None, :, None, None]
+    if layer.activation:
+        y = F.leaky_relu(y, 0.2) * math.sqrt(2)
+    y = y * gain
+    if layer.conv_clamp is not None:
+        y = y.clamp(-layer.conv_clamp * gain, layer.conv_clamp * gain)
+    return y
+
+
+# (kernel, down, activation, bias, conv_clamp, gain): D's fromrgb, conv0, conv1 (↓2, skip gain), skip, epilogue,
+# and clamps that bite on most inputs.
+CONV2D_LAYER_USES = [(1, False, True, True, 256.0, 1.0), (3, False, True, True, 256.0, 1.0),
+                     (3, True, True, True, 256.0, math.sqrt(0.5)), (1, True, False, False, None, math.sqrt(0.5)),
+                     (3, False, True, True, None, 1.0), (3, False, True, True, 0.5, 0.7),
+                     (3, True, False, True, 0.3, 2.0)]
+
+
+@pytest.mark.parametrize("use", CONV2D_LAYER_USES)
+def test_conv2d_layer_equals_the_op_by_op_layer_keeping_one_tensor(use):
+    """Values, gradients and R1's second derivative within 1e-5 of the op-by-op layer (which rounds the gain and
+    the clamp at other places); autograd keeps the input, the weight and at most the output, where the op-by-op
+    layer keeps the activation's input and the clamp's besides."""
+    kernel, down, activation, bias, clamp, gain = use
+    torch.manual_seed(0)
+    layer = Conv2dLayer(8, 6, kernel, bias=bias, activation=activation, down=down, conv_clamp=clamp)
+    if bias:
+        layer.bias.data.normal_()
+    x = (torch.randn(2, 8, 12, 12) * 4).requires_grad_()
+    params = [x, layer.weight] + ([layer.bias] if bias else [])
+
+    def first_and_second_derivatives(fn):
+        out = fn()
+        grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
+        second = torch.autograd.grad(grads[0].square().sum(), params[1:], allow_unused=True)
+        return out, grads, second
+
+    ref = first_and_second_derivatives(lambda: reference_conv2d_layer(layer, x, gain))
+    ours = first_and_second_derivatives(lambda: layer(x, gain))
+    if clamp is not None and clamp < 1:
+        assert (ref[0].abs() == clamp * gain).any()  # the clamp bites
+    for o, r in zip([ours[0], *ours[1], *ours[2]], [ref[0], *ref[1], *ref[2]], strict=True):
+        assert rel_err(o, r) < 1e-5
+    _, saved = _saved_bytes(lambda: layer(x, gain))
+    out_bytes = ref[0].numel() * 4
+    _, ref_saved = _saved_bytes(lambda: reference_conv2d_layer(layer, x, gain))
+    assert saved <= x.numel() * 4 * (1 + down) + layer.weight.numel() * 4 + out_bytes
+    if activation and clamp is not None:  # the op-by-op layer keeps the activation's input and the clamp's
+        assert ref_saved - saved >= out_bytes
 
 
 @pytest.mark.parametrize(("kernel", "up"), [(3, False), (1, False), (3, True)])

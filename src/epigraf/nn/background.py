@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from epigraf.config import SphereBackgroundConfig
-from epigraf.nn.layers import FullyConnected, log_fourier_coefficients, lrelu_clamped
+from epigraf.nn.layers import LRELU_GAIN, FullyConnected, leaky_clamp_, log_fourier_coefficients
 from epigraf.render.compositing import composite
 from epigraf.render.samplers import coarse_depths
 
@@ -98,7 +98,7 @@ class ModulatedFullyConnected(nn.Module):
             dcoefs = (styles.square() @ weight.square().T + 1e-8).rsqrt()  # [B, out]
             x = x * dcoefs[:, None, :]
         x = x + self.bias.to(x.dtype)
-        return lrelu_clamped(x) if self.activation else x
+        return leaky_clamp_(x, gain=LRELU_GAIN) if self.activation else x
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, demod={self.demodulate}, lrelu={self.activation}"

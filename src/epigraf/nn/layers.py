@@ -17,14 +17,6 @@ LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
 
 
-def lrelu_clamped(x: Tensor, gain: float = 1.0, clamp: float | None = None) -> Tensor:
-    """Leaky ReLU (slope 0.2) times ``sqrt(2) * gain``, then clamp to ``±clamp * gain``."""
-    x = F.leaky_relu(x, LRELU_SLOPE) * (LRELU_GAIN * gain)
-    if clamp is not None:
-        x = x.clamp(-clamp * gain, clamp * gain)
-    return x
-
-
 def leaky_clamp_(x: Tensor, lo: float = -math.inf, hi: float = math.inf, slope: float = LRELU_SLOPE,
                  gain: float = 1.0) -> Tensor:
     """In place: x ← leaky_relu(clamp(x, lo, hi), slope) · gain (slope 1: no activation), for gain > 0.
@@ -253,24 +245,33 @@ class Conv2dLayer(nn.Module):
         self.register_buffer("resample_filter", fir_filter_2d(), persistent=False)
 
     def forward(self, x: Tensor, gain: float = 1.0) -> Tensor:
-        """x [B, in, H, W] → [B, out, H', W'] (H' = H/2 when down-sampling)."""
-        w = self.weight.to(x.dtype) * self.weight_gain
+        """x [B, in, H, W] → [B, out, H', W'] (H' = H/2 when down-sampling).
+
+        act(conv(x) + b) · gain, clamped to ±conv_clamp · gain. The bias rides in the convolution and the
+        activation, gain and clamp run in place on its output (``leaky_clamp_``, with the clamp moved before the
+        activation as the bounds' preimages), so autograd keeps one tensor per layer instead of three; without an
+        activation the gain is folded into w and b.
+        """
+        out_gain = 1.0 if self.activation else gain
+        w = self.weight.to(x.dtype) * (self.weight_gain * out_gain)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        if b is not None and out_gain != 1.0:
+            b = b * out_gain
         f = self.resample_filter
         if self.down and self.kernel_size == 1:
-            x = F.conv2d(downsample2d(x, f), w)
+            x = F.conv2d(downsample2d(x, f), w, b)
         elif self.down:
             pad = self.kernel_size // 2 + 1
-            x = F.conv2d(_fir(x, f, (pad, pad, pad, pad), gain=1.0), w, stride=2)
+            x = F.conv2d(_fir(x, f, (pad, pad, pad, pad), gain=1.0), w, b, stride=2)
         else:
-            x = F.conv2d(x, w, padding=self.kernel_size // 2)
-        if self.bias is not None:
-            x = x + self.bias.to(x.dtype)[None, :, None, None]
+            x = F.conv2d(x, w, b, padding=self.kernel_size // 2)
+        clamp = self.conv_clamp
         if self.activation:
-            return lrelu_clamped(x, gain, self.conv_clamp)
-        if gain != 1:
-            x = x * gain
-        if self.conv_clamp is not None:
-            x = x.clamp(-self.conv_clamp * gain, self.conv_clamp * gain)
+            if clamp is None:
+                return leaky_clamp_(x, gain=LRELU_GAIN * gain)
+            return leaky_clamp_(x, -clamp / (LRELU_SLOPE * LRELU_GAIN), clamp / LRELU_GAIN, gain=LRELU_GAIN * gain)
+        if clamp is not None:
+            return leaky_clamp_(x, -clamp * gain, clamp * gain, slope=1.0)
         return x
 
     def extra_repr(self) -> str:
