@@ -10,7 +10,16 @@ import torch
 import torch.nn.functional as F
 
 from conftest import rel_err
-from epigraf.nn.layers import Conv2dLayer, _fir, downsample2d, fir_filter_2d, leaky_clamp_, modulated_conv2d, upsample2d
+from epigraf.nn.layers import (
+    Conv2dLayer,
+    _fir,
+    downsample2d,
+    fir_filter_2d,
+    leaky_clamp_,
+    modulated_conv2d,
+    scale_shift_leaky_clamp_,
+    upsample2d,
+)
 from epigraf.nn.synthesis import SynthesisLayer, ToPlanesLayer
 
 
@@ -182,6 +191,39 @@ def test_leaky_clamp_second_derivative_reaches_earlier_parameters_as_the_native_
     assert all(r is not None for r in ref) and all(o is not None for o in ours)
     for o, r in zip(ours, ref, strict=True):
         assert torch.equal(o, r)
+
+
+@pytest.mark.parametrize("noise", [False, True])
+@pytest.mark.parametrize("clamp", [256.0, 1.0, math.inf])
+def test_scale_shift_leaky_clamp_keeps_only_its_result(noise, clamp):
+    """The synthesis layers' demodulation, bias, noise and activation: addcmul, add_ and leaky_clamp_'s values
+    bitwise; gradients within 1e-5 (scale's takes the convolution's output back from the result); autograd keeps
+    the result and the small operands, not the convolution's output."""
+    torch.manual_seed(0)
+    x = (torch.randn(3, 8, 10, 10) * 2).requires_grad_()
+    scale = (torch.rand(3, 8) + 0.5).requires_grad_()
+    offset = torch.randn(1, 8, 10, 10, requires_grad=True)  # bias + constant noise
+    noise_term = torch.randn(3, 1, 10, 10, requires_grad=True) if noise else None
+    lo, hi = -clamp / 0.2, clamp
+
+    def reference():
+        y = torch.addcmul(offset, x * 1, scale[:, :, None, None])
+        if noise:
+            y = y + noise_term
+        return torch.nn.functional.leaky_relu(y.clamp(lo, hi) if math.isfinite(clamp) else y, 0.2)
+
+    inputs = [x, scale, offset] + ([noise_term] if noise else [])
+    ref = reference()
+    grad = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, inputs, grad)
+    ours, saved = _saved_bytes(lambda: scale_shift_leaky_clamp_(x * 1, scale, offset, noise_term, lo, hi))
+    assert torch.equal(ours, ref)
+    if clamp == 1.0:
+        assert (ours == hi).any()  # the clamp bites
+    for o, r in zip(torch.autograd.grad(ours, inputs, grad), ref_grads, strict=True):
+        assert rel_err(o, r) < 1e-5
+    small = (scale.numel() + offset.numel() + (noise_term.numel() if noise else 0)) * 4
+    assert saved <= x.numel() * 4 + small
 
 
 def reference_conv2d_layer(layer: Conv2dLayer, x, gain):

@@ -15,14 +15,20 @@ import pytest
 import torch
 
 from epigraf.nn.field import _corner_index_and_weights, _CornerGather
-from epigraf.nn.layers import _DepthwiseFilter, fir_filter_2d, leaky_clamp_, modulated_conv2d
+from epigraf.nn.layers import (
+    _DepthwiseFilter,
+    fir_filter_2d,
+    leaky_clamp_,
+    modulated_conv2d,
+    scale_shift_leaky_clamp_,
+)
 from epigraf.train.resample import _ReflectSample, _ReflectSampleTranspose
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "epigraf"
 BF16 = torch.bfloat16
 # Every torch.autograd.Function in src/ and the test below that covers it.
 COVERED = {"_DepthwiseFilter", "_CornerGather", "_ReflectSample", "_ReflectSampleTranspose", "_StyledConvolution",
-           "_LeakyClamp"}
+           "_LeakyClamp", "_ScaleShiftLeakyClamp"}
 # Toggling oneDNN also sets its TF32 flag, which warns on builds without Intel-GPU support.
 pytestmark = pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN:UserWarning")
 
@@ -130,6 +136,28 @@ def test_leaky_clamp_in_bf16(strict_kernels):
     ref_first, ref_second = _grads_twice(torch.nn.functional.leaky_relu(ref.clamp(-2.0, 1.0), 0.2), [ref])
     _close(first[0], ref_first[0])
     _close(second[0], ref_second[0])
+
+
+def test_scale_shift_leaky_clamp_bf16_convolution_with_fp32_scale_offset_and_noise(strict_kernels):
+    """A synthesis layer under --bf16: the convolution's output is bf16, its demodulation, constant-noise offset and
+    noise fp32; the result is promoted to fp32 as addcmul's (x is not overwritten) and each gradient has its input's
+    dtype."""
+    torch.manual_seed(0)
+    x = (torch.randn(2, 4, 5, 5) * 3).to(BF16).requires_grad_()
+    scale = (torch.rand(2, 4) + 0.5).requires_grad_()
+    offset = torch.randn(1, 4, 5, 5, requires_grad=True)
+    noise = torch.randn(2, 1, 5, 5, requires_grad=True)
+    x_before = x.detach().clone()
+    out = scale_shift_leaky_clamp_(x * 1, scale, offset, noise, -5.0, 1.0)
+    assert out.dtype == torch.float32 and torch.equal(x.detach(), x_before)
+    grads = torch.autograd.grad(out.square().sum(), [x, scale, offset, noise])
+    assert [g.dtype for g in grads] == [BF16, torch.float32, torch.float32, torch.float32]
+    ref_x = x.detach().float().requires_grad_()
+    ref = torch.nn.functional.leaky_relu((ref_x * scale[:, :, None, None] + offset + noise).clamp(-5.0, 1.0), 0.2)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [ref_x, scale, offset, noise])
+    _close(out, ref)
+    for ours, r in zip(grads, ref_grads, strict=True):
+        _close(ours.float(), r)
 
 
 def test_reflect_sample_bf16_images_with_fp32_grid(strict_kernels):

@@ -338,6 +338,66 @@ def demodulation_coefficients(weight: Tensor, styles: Tensor) -> Tensor:
     return (styles.square() @ weight.to(styles.dtype).square().sum(dim=(2, 3)).T + 1e-8).rsqrt()
 
 
+def scale_shift_leaky_clamp_(x: Tensor, scale: Tensor, offset: Tensor, noise: Tensor | None, lo: float,
+                             hi: float) -> Tensor:
+    """In place on a convolution's output: leaky_clamp_(x · scale + offset (+ noise), lo, hi), keeping only the result.
+
+    x [B, O, H, W], scale [B, O] (a synthesis layer's demodulation × gain, > 0), offset broadcastable to x (bias,
+    constant noise), noise [B, 1, H, W] or None. The values are ``torch.addcmul``, ``add_`` and ``leaky_clamp_``'s,
+    bitwise. ``addcmul`` would keep x for scale's gradient Σ grad · x beside the result that the activation keeps:
+    here the backward takes x back from the result (the activation inverted where it does not clamp, then offset
+    and noise subtracted, then ÷ scale on the sum), which differs from x by a few ulps of the pre-activation. That
+    is G's largest saved tensor per layer (benchmarks/RESULTS.md, "Peak memory"). Differentiable once: G's
+    training step has no double backward.
+    """
+    return _ScaleShiftLeakyClamp.apply(x, scale, offset, noise, lo, hi)
+
+
+class _ScaleShiftLeakyClamp(torch.autograd.Function):
+    """``scale_shift_leaky_clamp_``'s op; its backward needs the result, scale, offset and noise."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, offset: Tensor, noise: Tensor | None, lo: float, hi: float) -> Tensor:
+        scale4 = scale[:, :, None, None]
+        # In place only where addcmul's result keeps x's dtype (a bf16 x with fp32 scale is promoted, as before).
+        same_dtype = torch.promote_types(torch.promote_types(x.dtype, scale.dtype), offset.dtype) == x.dtype
+        if same_dtype:
+            ctx.mark_dirty(x)
+            y = torch.addcmul(offset, x, scale4, out=x)
+        else:
+            y = torch.addcmul(offset, x, scale4)
+        if noise is not None:
+            y.add_(noise)
+        ctx.bounds = None
+        if lo > -math.inf or hi < math.inf:
+            bounds = torch.tensor([lo, hi], dtype=y.dtype, device="cpu")
+            ctx.bounds = _leaky_clamp_values(bounds, lo, hi, LRELU_SLOPE, 1.0).tolist()
+        _leaky_clamp_values(y, lo, hi, LRELU_SLOPE, 1.0)
+        ctx.save_for_backward(y, scale, offset, noise)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        y, scale, offset, noise = ctx.saved_tensors
+        grad_pre = torch.ops.aten.leaky_relu_backward(grad, y, LRELU_SLOPE, True)
+        if ctx.bounds is not None:
+            lo, hi = ctx.bounds
+            grad_pre = torch.where((y > lo) & (y < hi), grad_pre, 0.0)
+        grad_scale = grad_offset = grad_noise = None
+        if ctx.needs_input_grad[1]:
+            conv_times_scale = torch.where(y > 0, y, y / LRELU_SLOPE).sub_(offset)
+            if noise is not None:
+                conv_times_scale.sub_(noise)
+            grad_scale = (conv_times_scale.mul_(grad_pre).sum(dim=(2, 3)) / scale).to(scale.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_offset = grad_pre.sum_to_size(offset.shape).to(offset.dtype)
+        if noise is not None and ctx.needs_input_grad[3]:
+            grad_noise = grad_pre.sum(dim=1, keepdim=True).to(noise.dtype)
+        grad_x = grad_pre.mul_(scale[:, :, None, None]) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_scale, grad_offset, grad_noise, None, None
+
+
 class MinibatchStd(nn.Module):
     """Appends the per-group feature standard deviation as extra channels.
 

@@ -20,6 +20,7 @@ from epigraf.nn.layers import (
     fir_filter_2d,
     leaky_clamp_,
     modulated_conv2d,
+    scale_shift_leaky_clamp_,
     upsample2d,
 )
 
@@ -71,12 +72,12 @@ class SynthesisLayer(nn.Module):
         noisy = self.use_noise and noise_mode != "none"
         if noisy and noise_mode == "const":
             offset = offset + self.noise_const * (self.noise_strength * LRELU_GAIN)
-        x = torch.addcmul(offset, x, scale[:, :, None, None])
+        noise = None
         if noisy and noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
-            x.add_(noise * (self.noise_strength * LRELU_GAIN))
+            noise = noise * (self.noise_strength * LRELU_GAIN)
         clamp = math.inf if self.conv_clamp is None else self.conv_clamp
-        return leaky_clamp_(x, -clamp / LRELU_SLOPE, clamp)
+        return scale_shift_leaky_clamp_(x, scale, offset, noise, -clamp / LRELU_SLOPE, clamp)
 
 
 class ToPlanesLayer(nn.Module):
