@@ -74,22 +74,24 @@ def _corner_index_and_weights(grid: Tensor, h: int, w: int) -> tuple[Tensor, Ten
     """Rows of the [B·3·H·W, F] feature-last table and the weights that give the mean of the three planes'
     bilinear samples (align_corners=True, zero padding) at plane coordinates ``grid`` [B, P, 3, 2].
 
-    → index [B·P, 12] (int64) and weights [B·P, 12]; a corner outside its plane gets weight 0 (any row).
+    → index [B·P, 12] and weights [B·P, 12]; a corner outside its plane gets weight 0 (any row). The index is int32
+    (half of what the gather keeps for its backward) unless the table has 2³¹ rows or more.
     """
     b, p = grid.shape[:2]
+    index_dtype = torch.int32 if b * 3 * h * w < 2**31 else torch.int64
     pixel = (grid + 1) * grid.new_tensor([(w - 1) / 2, (h - 1) / 2])
     corner = pixel.floor()
     frac = pixel - corner
     # Both neighbours of each coordinate at once ([..., 2] = this one, the next one), then the 2 × 2 corners of
     # each plane by broadcasting (row-major: (row, col) = (0, 0), (0, 1), (1, 0), (1, 1)). A corner outside its
     # plane multiplies its weight by 0: (w_col · in_col) · (w_row · in_row) = w_col · w_row · inside exactly.
-    near = corner.long()[..., None] + torch.arange(2, device=grid.device)  # [B, P, 3, 2 (col, row), 2]
-    size = torch.tensor([w, h], device=grid.device)[:, None]
+    arange = torch.arange(max(b, 3), device=grid.device, dtype=index_dtype)
+    near = corner.to(index_dtype)[..., None] + arange[:2]  # [B, P, 3, 2 (col, row), 2]
+    size = torch.tensor([w, h], device=grid.device, dtype=index_dtype)[:, None]
     inside = (near >= 0) & (near < size)
     weight = torch.stack([1 - frac, frac], dim=-1) * inside  # [B, P, 3, 2, 2]
     near = torch.minimum(near.clamp_(min=0), size - 1)
-    first_row = (torch.arange(b, device=grid.device)[:, None, None] * 3
-                 + torch.arange(3, device=grid.device)) * (h * w)  # [B, 1, 3]
+    first_row = (arange[:b, None, None] * 3 + arange[:3]) * (h * w)  # [B, 1, 3]
     index = (first_row[..., None, None] + near[..., 1, :, None] * w) + near[..., 0, None, :]
     weights = weight[..., 0, None, :] * weight[..., 1, :, None] / 3
     return index.reshape(b * p, 12), weights.reshape(b * p, 12)
