@@ -86,16 +86,16 @@ def test_corner_gather_bf16_table_with_fp32_weights(strict_kernels):
     torch.manual_seed(0)
     planes = torch.randn(1 * 3 * 4 * 4, 5)
     grid = torch.rand(1, 7, 3, 2) * 2 - 1
-    index, weights32 = _corner_index_and_weights(grid, 4, 4)
+    index, weights32, cells = _corner_index_and_weights(grid, 4, 4)
     table = planes.to(BF16).requires_grad_()
     weights = weights32.clone().requires_grad_()
-    out = _CornerGather.apply(table, index, weights)
+    out = _CornerGather.apply(table, index, weights, cells, (4, 4))
     assert out.dtype == BF16
     first, second = _grads_twice(out, [table, weights])
     assert first[0].dtype == BF16 and first[1].dtype == torch.float32
     ref_table = planes.to(BF16).float().requires_grad_()
     ref_weights = weights32.to(BF16).float().requires_grad_()
-    ref_first, ref_second = _grads_twice(_CornerGather.apply(ref_table, index, ref_weights), [ref_table, ref_weights])
+    ref_first, ref_second = _grads_twice(_CornerGather.apply(ref_table, index, ref_weights, cells, (4, 4)), [ref_table, ref_weights])
     for ours, ref in zip(first + second, ref_first + ref_second, strict=True):
         _close(ours, ref)
 

@@ -66,16 +66,20 @@ def mean_triplane_features(planes: Tensor, points: Tensor, cube_scale: float) ->
         return sample_triplanes(planes, points, cube_scale).mean(dim=1).transpose(1, 2)
     b, _, f, h, w = planes.shape
     table = planes.permute(0, 1, 3, 4, 2).reshape(-1, f)  # a view for split_planes' feature-last planes
-    index, weights = _corner_index_and_weights(_plane_coordinates(points, cube_scale, plane_dim=2), h, w)
-    return _CornerGather.apply(table, index, weights.to(table.dtype)).reshape(b, -1, f)
+    index, weights, cells = _corner_index_and_weights(_plane_coordinates(points, cube_scale, plane_dim=2), h, w)
+    return _CornerGather.apply(table, index, weights.to(table.dtype), cells, (h, w)).reshape(b, -1, f)
 
 
-def _corner_index_and_weights(grid: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+def _corner_index_and_weights(grid: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
     """Rows of the [B·3·H·W, F] feature-last table and the weights that give the mean of the three planes'
-    bilinear samples (align_corners=True, zero padding) at plane coordinates ``grid`` [B, P, 3, 2].
+    bilinear samples (align_corners=True, zero padding) at plane coordinates ``grid`` [B, P, 3, 2], and the cell
+    of each point on each plane.
 
-    → index [B·P, 12] and weights [B·P, 12]; a corner outside its plane gets weight 0 (any row). The index is int32
-    (half of what the gather keeps for its backward) unless the table has 2³¹ rows or more.
+    → index [B·P, 12] and weights [B·P, 12] (plane-major, then the corners (row, col) = (0, 0), (0, 1), (1, 0),
+    (1, 1)); a corner outside its plane gets weight 0 (any row). cells [B·P, 3]: on each plane, the row of the
+    point's top-left corner (r, c) in its sample's three (H + 1) × (W + 1) grids of cells, r, c ∈ [−1, H − 1] ×
+    [−1, W − 1] shifted by one (clamped there where all four weights are 0). Indices are int32 unless the table
+    has 2³¹ rows or more.
     """
     b, p = grid.shape[:2]
     index_dtype = torch.int32 if b * 3 * h * w < 2**31 else torch.int64
@@ -86,56 +90,74 @@ def _corner_index_and_weights(grid: Tensor, h: int, w: int) -> tuple[Tensor, Ten
     # each plane by broadcasting (row-major: (row, col) = (0, 0), (0, 1), (1, 0), (1, 1)). A corner outside its
     # plane multiplies its weight by 0: (w_col · in_col) · (w_row · in_row) = w_col · w_row · inside exactly.
     arange = torch.arange(max(b, 3), device=grid.device, dtype=index_dtype)
-    near = corner.to(index_dtype)[..., None] + arange[:2]  # [B, P, 3, 2 (col, row), 2]
-    size = torch.tensor([w, h], device=grid.device, dtype=index_dtype)[:, None]
-    inside = (near >= 0) & (near < size)
+    first = corner.to(index_dtype)  # [B, P, 3, 2 (col, row)]
+    near = first[..., None] + arange[:2]  # [B, P, 3, 2 (col, row), 2]
+    size = torch.tensor([w, h], device=grid.device, dtype=index_dtype)
+    inside = (near >= 0) & (near < size[:, None])
     weight = torch.stack([1 - frac, frac], dim=-1) * inside  # [B, P, 3, 2, 2]
-    near = torch.minimum(near.clamp_(min=0), size - 1)
-    first_row = (arange[:b, None, None] * 3 + arange[:3]) * (h * w)  # [B, 1, 3]
-    index = (first_row[..., None, None] + near[..., 1, :, None] * w) + near[..., 0, None, :]
+    near = torch.minimum(near.clamp_(min=0), size[:, None] - 1)
+    plane = arange[:b, None, None] * 3 + arange[:3]  # [B, 1, 3]
+    index = (plane[..., None, None] * (h * w) + near[..., 1, :, None] * w) + near[..., 0, None, :]
     weights = weight[..., 0, None, :] * weight[..., 1, :, None] / 3
-    return index.reshape(b * p, 12), weights.reshape(b * p, 12)
+    cell = torch.minimum(first.clamp_(min=-1), size - 1) + 1  # [B, P, 3, 2 (col, row)]
+    cells = arange[:3] * ((h + 1) * (w + 1)) + cell[..., 1] * (w + 1) + cell[..., 0]
+    return index.reshape(b * p, 12), weights.reshape(b * p, 12), cells.reshape(b * p, 3)
 
 
-# Values in one chunk of _corner_gradient's K-fold temporary (128 MB in fp32).
+# Values in one chunk of _corner_gradient's spread (128 MB in fp32).
 CORNER_GRADIENT_CHUNK_VALUES = 2**25
 
 
-def _corner_gradient(table: Tensor, index: Tensor, weights: Tensor, grad_out: Tensor) -> Tensor:
-    """Σ over (q, k) of weights[q, k] · grad_out[q] into row index[q, k] of a zero table shaped like ``table``.
+def _corner_gradient(cells: Tensor, weights: Tensor, grad_out: Tensor, batch: int, plane_shape: tuple[int, int]
+                     ) -> Tensor:
+    """The gather's gradient: Σ over the points q and corners k of weights[q, k] · grad_out[q] into each corner's
+    texel, as the feature-last table [batch·3·H·W, F] (points sample-major, as ``_corner_index_and_weights``).
 
-    One ``index_add_`` over all K corner slots of a chunk of points instead of one per slot: on CPUs each call
-    is a scatter whose fixed cost dominates (benchmarks/RESULTS.md, "Where the time goes"). The chunks bound the
-    K-fold temporary (Q·K·F values: 1.2 GB for ffhq256's batch of 4 unchunked) and add in the same order.
+    ``index_add_`` is a serial scatter whose cost grows with the rows it adds (benchmarks/RESULTS.md, "Where the
+    time goes"), so the four corners of a point on a plane travel as one row of 4F values into the point's cell
+    (3 rows a point instead of 12 of F), and each texel then sums the four cells it is a corner of. One sample at a
+    time, so that the cells' table (4× a sample's planes) stays small; the chunks bound the spread's temporary.
     """
-    grad_table = torch.zeros_like(table)
-    q, k = index.shape
-    rows = max(1, CORNER_GRADIENT_CHUNK_VALUES // (k * table.shape[1]))
-    for start in range(0, q, rows):
-        chunk = slice(start, start + rows)
-        spread = (grad_out[chunk, None, :] * weights[chunk, :, None]).reshape(-1, table.shape[1])
-        grad_table.index_add_(0, index[chunk].reshape(-1), spread.to(table.dtype))
-    return grad_table
+    h, w = plane_shape
+    q, f = grad_out.shape
+    per_sample = q // batch
+    grad = grad_out.new_empty(batch, 3, h, w, f)
+    cell_grad = grad_out.new_empty(3 * (h + 1) * (w + 1), 4 * f)
+    by_corner = cell_grad.view(3, h + 1, w + 1, 4, f)
+    rows = max(1, CORNER_GRADIENT_CHUNK_VALUES // (12 * f))
+    for i in range(batch):
+        cell_grad.zero_()
+        for start in range(i * per_sample, (i + 1) * per_sample, rows):
+            chunk = slice(start, min(start + rows, (i + 1) * per_sample))
+            spread = weights[chunk].view(-1, 3, 4, 1) * grad_out[chunk, None, None, :]  # [n, 3, 4, F]
+            cell_grad.index_add_(0, cells[chunk].reshape(-1), spread.view(-1, 4 * f))
+        # Texel (y, x) is corner (dy, dx) of cell (y − dy, x − dx), stored at (y − dy + 1, x − dx + 1).
+        sample = torch.add(by_corner[:, 1:, 1:, 0], by_corner[:, 1:, :-1, 1], out=grad[i])
+        sample += by_corner[:, :-1, 1:, 2]
+        sample += by_corner[:, :-1, :-1, 3]
+    return grad.view(-1, f)
 
 
 class _CornerGather(torch.autograd.Function):
-    """out[q] = Σ_k weights[q, k] · table[index[q, k]]: table [N, F], index/weights [Q, K] → [Q, F].
+    """out[q] = Σ_k weights[q, k] · table[index[q, k]]: table [N, F], index/weights [Q, 12] → [Q, F], for the
+    planes' corners of ``_corner_index_and_weights`` (cells [Q, 3] and plane_shape (H, W) serve the backward).
 
-    The backward accumulates into a feature-last gradient with one ``index_add_`` over all corner slots
-    (``_corner_gradient``); a backward that builds a graph (R1's double backward) takes one differentiable
-    ``index_add_`` per corner slot instead.
+    The first-order backward accumulates per cell (``_corner_gradient``); a backward that builds a graph (a
+    double backward) takes one differentiable ``index_add_`` per corner slot instead.
     Mixed dtypes (bf16 autocast): the weights take the table's dtype, and each gradient is computed in the
     incoming gradient's dtype and returned in its input's.
     """
 
     @staticmethod
-    def forward(ctx, table: Tensor, index: Tensor, weights: Tensor) -> Tensor:
-        ctx.save_for_backward(table, index, weights)
+    def forward(ctx, table: Tensor, index: Tensor, weights: Tensor, cells: Tensor, plane_shape: tuple[int, int]
+                ) -> Tensor:
+        ctx.save_for_backward(table, index, weights, cells)
+        ctx.plane_shape = plane_shape
         return F.embedding_bag(index, table, per_sample_weights=weights.to(table.dtype), mode="sum")
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
-        table, index, weights = ctx.saved_tensors
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, Tensor | None, None, None]:
+        table, index, weights, cells = ctx.saved_tensors
         grad_table = grad_weights = None
         if ctx.needs_input_grad[0]:
             w = weights.to(grad_out.dtype)
@@ -144,12 +166,13 @@ class _CornerGather(torch.autograd.Function):
                 for k in range(index.shape[1]):
                     grad_table.index_add_(0, index[:, k], (grad_out * w[:, k, None]).to(table.dtype))
             else:
-                grad_table = _corner_gradient(table, index, w, grad_out)
+                batch = table.shape[0] // (3 * ctx.plane_shape[0] * ctx.plane_shape[1])
+                grad_table = _corner_gradient(cells, w, grad_out, batch, ctx.plane_shape).to(table.dtype)
         if ctx.needs_input_grad[2]:
             t = table.to(grad_out.dtype)
             grad_weights = torch.stack([(grad_out * t[index[:, k]]).sum(-1) for k in range(index.shape[1])],
                                        dim=1).to(weights.dtype)
-        return grad_table, None, grad_weights
+        return grad_table, None, grad_weights, None, None
 
 
 class TriPlaneMLP(nn.Module):
