@@ -46,11 +46,7 @@ class _LeakyClamp(torch.autograd.Function):
                 ctx.identity = True
                 return x
         ctx.identity = False
-        if clamped:
-            # The bounds' images under the same ops in x's dtype: a clamped input's output equals them exactly.
-            bounds = torch.tensor([lo, hi], dtype=x.dtype, device="cpu")
-            ctx.bounds = _leaky_clamp_values(bounds, lo, hi, slope, gain).tolist()
-        _leaky_clamp_values(x, lo, hi, slope, gain)
+        ctx.bounds = _leaky_clamp_forward_(x, lo, hi, slope, gain)
         ctx.save_for_backward(x)
         return x
 
@@ -59,16 +55,32 @@ class _LeakyClamp(torch.autograd.Function):
         if ctx.identity:
             return grad, None, None, None, None
         (y,) = ctx.saved_tensors
-        if ctx.gain != 1.0:
-            grad = grad * ctx.gain
-        if ctx.slope != 1.0:
-            # The native op, not a where(): in a double backward (D's R1) its derivative links y to the graph with
-            # zeros, so every parameter before it has a gradient as with F.leaky_relu, and Adam steps them alike.
-            grad = torch.ops.aten.leaky_relu_backward(grad, y, ctx.slope, True)
-        if ctx.bounds is not None:
-            lo, hi = ctx.bounds
-            grad = torch.where((y > lo) & (y < hi), grad, 0.0)
-        return grad, None, None, None, None
+        return _leaky_clamp_gradient(grad, y, ctx.slope, ctx.gain, ctx.bounds), None, None, None, None
+
+
+def _leaky_clamp_forward_(x: Tensor, lo: float, hi: float, slope: float, gain: float) -> list[float] | None:
+    """``_leaky_clamp_values`` on x in place; → the bounds' images under the same ops in x's dtype (a clamped
+    input's output equals them exactly), which ``_leaky_clamp_gradient`` needs, or None without a clamp."""
+    bounds = None
+    if lo > -math.inf or hi < math.inf:
+        bounds = _leaky_clamp_values(torch.tensor([lo, hi], dtype=x.dtype, device="cpu"), lo, hi, slope, gain)
+        bounds = bounds.tolist()
+    _leaky_clamp_values(x, lo, hi, slope, gain)
+    return bounds
+
+
+def _leaky_clamp_gradient(grad: Tensor, y: Tensor, slope: float, gain: float, bounds: list[float] | None) -> Tensor:
+    """The input gradient of ``_leaky_clamp_values`` from its output y alone: 0 where y lies on a bound."""
+    if gain != 1.0:
+        grad = grad * gain
+    if slope != 1.0:
+        # The native op, not a where(): in a double backward (D's R1) its derivative links y to the graph with
+        # zeros, so every parameter before it has a gradient as with F.leaky_relu, and Adam steps them alike.
+        grad = torch.ops.aten.leaky_relu_backward(grad, y, slope, True)
+    if bounds is not None:
+        lo, hi = bounds
+        grad = torch.where((y > lo) & (y < hi), grad, 0.0)
+    return grad
 
 
 def _leaky_clamp_values(x: Tensor, lo: float, hi: float, slope: float, gain: float) -> Tensor:
@@ -368,11 +380,7 @@ class _ScaleShiftLeakyClamp(torch.autograd.Function):
             y = torch.addcmul(offset, x, scale4)
         if noise is not None:
             y.add_(noise)
-        ctx.bounds = None
-        if lo > -math.inf or hi < math.inf:
-            bounds = torch.tensor([lo, hi], dtype=y.dtype, device="cpu")
-            ctx.bounds = _leaky_clamp_values(bounds, lo, hi, LRELU_SLOPE, 1.0).tolist()
-        _leaky_clamp_values(y, lo, hi, LRELU_SLOPE, 1.0)
+        ctx.bounds = _leaky_clamp_forward_(y, lo, hi, LRELU_SLOPE, 1.0)
         ctx.save_for_backward(y, scale, offset, noise)
         return y
 
@@ -380,10 +388,7 @@ class _ScaleShiftLeakyClamp(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         y, scale, offset, noise = ctx.saved_tensors
-        grad_pre = torch.ops.aten.leaky_relu_backward(grad, y, LRELU_SLOPE, True)
-        if ctx.bounds is not None:
-            lo, hi = ctx.bounds
-            grad_pre = torch.where((y > lo) & (y < hi), grad_pre, 0.0)
+        grad_pre = _leaky_clamp_gradient(grad, y, LRELU_SLOPE, 1.0, ctx.bounds)
         grad_scale = grad_offset = grad_noise = None
         if ctx.needs_input_grad[1]:
             conv_times_scale = torch.where(y > 0, y, y / LRELU_SLOPE).sub_(offset)
