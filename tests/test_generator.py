@@ -174,6 +174,17 @@ def test_cpu_corner_gather_equals_bilinear_sampling_in_values_and_gradients(feat
         assert torch.allclose(a, r, atol=1e-10)
 
 
+def test_cpu_corner_gather_point_gradient_without_a_plane_gradient():
+    """Fixed planes (no cells computed for them): the points' gradient is still the grid sampler's."""
+    g = torch.Generator().manual_seed(4)
+    planes = split_planes(torch.randn(2, 3 * 4, 6, 7, dtype=torch.float64, generator=g), 4)
+    points = ((torch.rand(2, 60, 3, dtype=torch.float64, generator=g) * 2.4 - 1.2) * 0.3).requires_grad_(True)
+    cotangent = torch.randn(2, 60, 4, dtype=torch.float64, generator=g)
+    ours = torch.autograd.grad(mean_triplane_features(planes, points, 0.3), points, cotangent)[0]
+    reference = sample_triplanes(planes, points, 0.3).mean(dim=1).transpose(1, 2)
+    assert torch.allclose(ours, torch.autograd.grad(reference, points, cotangent)[0], atol=1e-10)
+
+
 def test_cpu_corner_gather_gradient_in_chunks_is_bitwise_the_one_pass_gradient(monkeypatch):
     """The gradient is accumulated over chunks of points to bound its temporary; the additions keep their order."""
     g = torch.Generator().manual_seed(2)

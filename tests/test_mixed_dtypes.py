@@ -86,7 +86,7 @@ def test_corner_gather_bf16_table_with_fp32_weights(strict_kernels):
     torch.manual_seed(0)
     planes = torch.randn(1 * 3 * 4 * 4, 5)
     grid = torch.rand(1, 7, 3, 2) * 2 - 1
-    index, weights32, cells = _corner_index_and_weights(grid, 4, 4)
+    index, weights32, cells = _corner_index_and_weights(grid, 4, 4, with_cells=True)
     table = planes.to(BF16).requires_grad_()
     weights = weights32.clone().requires_grad_()
     out = _CornerGather.apply(table, index, weights, cells, (4, 4))

@@ -66,11 +66,14 @@ def mean_triplane_features(planes: Tensor, points: Tensor, cube_scale: float) ->
         return sample_triplanes(planes, points, cube_scale).mean(dim=1).transpose(1, 2)
     b, _, f, h, w = planes.shape
     table = planes.permute(0, 1, 3, 4, 2).reshape(-1, f)  # a view for split_planes' feature-last planes
-    index, weights, cells = _corner_index_and_weights(_plane_coordinates(points, cube_scale, plane_dim=2), h, w)
+    grid = _plane_coordinates(points, cube_scale, plane_dim=2)
+    # The cells serve only the planes' gradient: renders without one (D's fakes, inference) skip them.
+    index, weights, cells = _corner_index_and_weights(grid, h, w, planes.requires_grad and torch.is_grad_enabled())
     return _CornerGather.apply(table, index, weights.to(table.dtype), cells, (h, w)).reshape(b, -1, f)
 
 
-def _corner_index_and_weights(grid: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
+def _corner_index_and_weights(grid: Tensor, h: int, w: int, with_cells: bool
+                              ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Rows of the [B·3·H·W, F] feature-last table and the weights that give the mean of the three planes'
     bilinear samples (align_corners=True, zero padding) at plane coordinates ``grid`` [B, P, 3, 2], and the cell
     of each point on each plane.
@@ -78,8 +81,8 @@ def _corner_index_and_weights(grid: Tensor, h: int, w: int) -> tuple[Tensor, Ten
     → index [B·P, 12] and weights [B·P, 12] (plane-major, then the corners (row, col) = (0, 0), (0, 1), (1, 0),
     (1, 1)); a corner outside its plane gets weight 0 (any row). cells [B·P, 3]: on each plane, the row of the
     point's top-left corner (r, c) in its sample's three (H + 1) × (W + 1) grids of cells, r, c ∈ [−1, H − 1] ×
-    [−1, W − 1] shifted by one (clamped there where all four weights are 0). Indices are int32 unless the table
-    has 2³¹ rows or more.
+    [−1, W − 1] shifted by one (clamped there where all four weights are 0), or None unless ``with_cells``. Indices
+    are int32 unless the table has 2³¹ rows or more.
     """
     b, p = grid.shape[:2]
     index_dtype = torch.int32 if b * 3 * h * w < 2**31 else torch.int64
@@ -104,8 +107,11 @@ def _corner_index_and_weights(grid: Tensor, h: int, w: int) -> tuple[Tensor, Ten
     row1 = first_row + (r0 + 1).clamp_(0, h - 1) * w
     col0, col1 = c0.clamp(0, w - 1), (c0 + 1).clamp_(0, w - 1)
     index = torch.stack([row0 + col0, row0 + col1, row1 + col0, row1 + col1], dim=-1)
+    index, weights = index.reshape(b * p, 12), weights.reshape(b * p, 12)
+    if not with_cells:
+        return index, weights, None
     cells = plane * ((h + 1) * (w + 1)) + (r0.clamp(-1, h - 1) + 1) * (w + 1) + (c0.clamp(-1, w - 1) + 1)
-    return index.reshape(b * p, 12), weights.reshape(b * p, 12), cells.reshape(b * p, 3)
+    return index, weights, cells.reshape(b * p, 3)
 
 
 # Values in one chunk of _corner_gradient's spread (128 MB in fp32).
@@ -144,7 +150,8 @@ def _corner_gradient(cells: Tensor, weights: Tensor, grad_out: Tensor, batch: in
 
 class _CornerGather(torch.autograd.Function):
     """out[q] = Σ_k weights[q, k] · table[index[q, k]]: table [N, F], index/weights [Q, 12] → [Q, F], for the
-    planes' corners of ``_corner_index_and_weights`` (cells [Q, 3] and plane_shape (H, W) serve the backward).
+    planes' corners of ``_corner_index_and_weights`` (cells [Q, 3], needed when the table takes a gradient, and
+    plane_shape (H, W) serve the backward).
 
     The first-order backward accumulates per cell (``_corner_gradient``); a backward that builds a graph (a
     double backward) takes one differentiable ``index_add_`` per corner slot instead.
@@ -153,8 +160,8 @@ class _CornerGather(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, table: Tensor, index: Tensor, weights: Tensor, cells: Tensor, plane_shape: tuple[int, int]
-                ) -> Tensor:
+    def forward(ctx, table: Tensor, index: Tensor, weights: Tensor, cells: Tensor | None,
+                plane_shape: tuple[int, int]) -> Tensor:
         ctx.save_for_backward(table, index, weights, cells)
         ctx.plane_shape = plane_shape
         return F.embedding_bag(index, table, per_sample_weights=weights.to(table.dtype), mode="sum")
