@@ -239,8 +239,23 @@ def test_luma_flip_negates_grey_component_only():
 def test_channel_counts():
     grey = random_images(4, channels=1)
     assert make_pipe(1.0)(grey, seeded()).shape == grey.shape
-    with pytest.raises(ValueError, match="1 or 3 channels"):
+    with pytest.raises(ValueError, match="1, 3 or 4 \\(RGB and alpha\\) channels"):
         make_pipe(1.0)(random_images(4, channels=2), seeded())
+
+
+def test_rgb_and_alpha_move_together_and_only_the_colours_change_colour():
+    """A fourth (alpha) channel goes through the geometric transforms as the colours do, and through the colour
+    transforms unchanged: the same pipe and draws give RGB + alpha what they give RGB and a grey copy of alpha."""
+    rgba = random_images(4, channels=4)
+    geometric = make_pipe(1.0, xint=1.0, scale=1.0, rotate=1.0)
+    moved = geometric(rgba, seeded(3))
+    torch.testing.assert_close(moved[:, :3], geometric(rgba[:, :3], seeded(3)))
+    torch.testing.assert_close(moved[:, 3:], geometric(rgba[:, 3:], seeded(3)))
+    assert not torch.allclose(moved, rgba)
+    colour = make_pipe(1.0, brightness=1.0, contrast=1.0, hue=1.0, saturation=1.0)
+    recoloured = colour(rgba, seeded(4))
+    torch.testing.assert_close(recoloured[:, :3], colour(rgba[:, :3], seeded(4)))
+    assert torch.equal(recoloured[:, 3:], rgba[:, 3:])
 
 
 def test_adjust_p_step_size_and_clamp():

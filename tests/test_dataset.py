@@ -209,6 +209,48 @@ def test_items_and_mirroring(tmp_path: Path) -> None:
     assert ds.mean_camera_pose[1] == pytest.approx(angles[:, 1].mean(), abs=1e-6)
 
 
+def test_coverage_is_the_alpha_channel_mirrored_with_its_image(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 255, (3, SIZE, SIZE, 4), dtype=np.uint8)
+    for i, pixels in enumerate(rgba):
+        Image.fromarray(pixels, "RGBA").save(tmp_path / f"img{i:02d}.png")
+    ds = ImageDataset(tmp_path, mirror=True, coverage=True)
+    assert not ds.report.warnings  # the alpha channel is used, not dropped
+    item, flipped = ds[1], ds[4]
+    assert item.coverage.dtype == np.uint8 and item.coverage.shape == (1, SIZE, SIZE)
+    np.testing.assert_array_equal(item.coverage[0], rgba[1, :, :, 3])
+    np.testing.assert_array_equal(item.image, rgba[1, :, :, :3].transpose(2, 0, 1))
+    np.testing.assert_array_equal(flipped.coverage, item.coverage[:, :, ::-1])
+    with pytest.warns(DatasetWarning, match="3 images have an alpha channel, which is dropped"):
+        plain = ImageDataset(tmp_path)
+    assert plain[1].coverage.shape == (0, SIZE, SIZE)  # not asked for: no channel
+    archive = ImageDataset(zip_folder(tmp_path, tmp_path.parent / "rgba.zip"), coverage=True)
+    np.testing.assert_array_equal(archive[1].coverage, item.coverage)
+
+
+def test_coverage_of_a_builtin_dataset_is_its_stored_mask(tmp_path: Path) -> None:
+    names = make_images(tmp_path / "images" / "toy", 2)
+    (tmp_path / "geometry" / "toy").mkdir(parents=True)
+    masks = np.random.default_rng(1).integers(0, 255, (2, SIZE, SIZE), dtype=np.uint8)
+    for name, mask in zip(names, masks, strict=True):
+        np.savez_compressed(tmp_path / "geometry" / "toy" / f"{name[:-4]}.npz", depth=np.zeros((SIZE, SIZE)),
+                            mask=mask)
+    ds = ImageDataset(tmp_path, coverage=True)
+    for i in range(2):
+        np.testing.assert_array_equal(ds[i].coverage[0], masks[names.index(ds.names[i].split("/")[-1])])
+
+
+def test_coverage_of_images_without_alpha_is_refused_up_front(tmp_path: Path) -> None:
+    make_images(tmp_path, 3)
+    Image.new("RGBA", (SIZE, SIZE)).save(tmp_path / "img01.png")
+    with pytest.raises(ValueError, match=r"2 images have no alpha channel \(e.g. 'img00.png', 'img02.png'\): the "
+                                         r"objects' coverage \(--d-alpha\) needs RGBA images, or a built-in dataset"):
+        ImageDataset(tmp_path, coverage=True)
+    (tmp_path / "geometry").mkdir()  # a built-in dataset whose masks are missing
+    with pytest.raises(ValueError, match="3 images of this built-in dataset have no stored mask in geometry/"):
+        ImageDataset(tmp_path, coverage=True)
+
+
 def test_without_cameras_angles_are_nan(tmp_path: Path) -> None:
     make_images(tmp_path, 2)
     ds = ImageDataset(tmp_path)

@@ -59,7 +59,7 @@ class LinearD(nn.Module):
 
     def __init__(self, a: Tensor) -> None:
         super().__init__()
-        self.cfg = SimpleNamespace(c_dim=0, camera_cond=False)
+        self.cfg = SimpleNamespace(c_dim=0, camera_cond=False, img_channels=a.shape[0])
         self.a = nn.Parameter(a)
         self.calls: list[tuple[Tensor, PatchParams]] = []
 
@@ -74,7 +74,7 @@ class PresetD(nn.Module):
 
     def __init__(self, *logits: Tensor) -> None:
         super().__init__()
-        self.cfg = SimpleNamespace(c_dim=0, camera_cond=False)
+        self.cfg = SimpleNamespace(c_dim=0, camera_cond=False, img_channels=3)
         self.queue = list(logits)
 
     def forward(self, images: Tensor, *args, **kwargs) -> Tensor:
@@ -368,3 +368,28 @@ def test_generator_loss_adds_the_weighted_distortion_of_the_fakes(weight):
         assert result.stats["loss/distortion"] == pytest.approx(out.distortion.mean().item(), rel=1e-5)
         result.loss.backward()
         assert G.field.mlp.model[-1].weight.grad.abs().sum() > 0
+
+
+def test_a_d_that_takes_alpha_sees_gs_opacity_and_the_reals_coverage():
+    """With ``img_channels`` 4, D's fourth channel is G's opacity (G phase, D phase) and the real patches' coverage,
+    both mapped to [−1, 1] like the colours, resampled at each one's own patch; the colours are unchanged."""
+    torch.manual_seed(0)
+    cfg = tiny_model_config()
+    render = dataclasses.replace(cfg.generator.render, open_far_end=True, white_back=True)  # the builtin's
+    cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, render=render))
+    G = Generator(cfg.generator)
+    draws = phase_inputs(4, kimg=500.0)  # past the blur: D sees the patches as they are
+    coverage = (torch.rand(4, 1, R, R) > 0.5).float() * 2 - 1
+    real = dataclasses.replace(draws.real, images=torch.cat([draws.real.images, coverage], dim=1))
+    D = LinearD(torch.zeros(4, r, r))
+    loss = make_loss(G, D, cfg=cfg, deterministic_render=True)
+    loss.generator_loss(draws.gall, 500.0)
+    loss.discriminator_loss(draws.dmain, real, draws.dmain_real_patch, 500.0)
+    for (seen, _), fake in zip(D.calls[:2], (draws.gall, draws.dmain), strict=True):
+        with torch.no_grad():
+            out = G(fake.z, None, fake.camera_angles, patch_params=fake.patch, deterministic=True, resolution=r)
+        assert seen.shape == (4, 4, r, r)
+        torch.testing.assert_close(seen[:, :3], out.image)
+        torch.testing.assert_close(seen[:, 3:], out.opacity * 2 - 1)
+    assert out.opacity.max() - out.opacity.min() > 0.1  # the fourth channel varies with what the ray meets
+    torch.testing.assert_close(D.calls[2][0], extract_patches(real.images, draws.dmain_real_patch, r))

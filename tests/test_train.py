@@ -287,6 +287,21 @@ def test_a_camera_conditioned_d_needs_a_dataset_with_cameras(tmp_path):
     assert posed.discriminator.camera_cond and posed.discriminator.camera_cond_drop_p == 0.0
 
 
+def test_d_alpha_trains_a_d_of_four_channels_on_the_datas_coverage(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    with pytest.raises(ValueError, match="8 images have no alpha channel"):
+        train(options(tmp_path, d_alpha=True), tiny_model_config())
+    for path in root.glob("*.png"):
+        rgb = np.asarray(Image.open(path))
+        alpha = np.where(rgb[..., :1] > 128, 255, 0).astype(np.uint8)
+        Image.fromarray(np.concatenate([rgb, alpha], axis=2), "RGBA").save(path)
+    result = train(options(tmp_path, d_alpha=True, kimg=0.008), tiny_model_config())
+    checkpoint = load_checkpoint(latest_snapshot(result.run_dir)[0])
+    assert checkpoint.config.discriminator.img_channels == 4
+    assert checkpoint.D.b32.fromrgb.weight.shape[1] == 4
+    assert TrainOptions().with_preset_defaults().d_alpha is False
+
+
 def test_resolution_option_trains_the_preset_at_another_image_size(tmp_path):
     make_dataset(tmp_path / "data", res=64)
     result = train(options(tmp_path, resolution=64, kimg=0.004, augment="none"), tiny_model_config())

@@ -163,6 +163,8 @@ class DiscriminatorConfig:
 
     image_resolution: int = 256
     input_resolution: int = 64
+    # 4: D also sees each patch's alpha (the data's coverage for reals, G's opacity for fakes; --d-alpha).
+    img_channels: int = 3
     c_dim: int = 0
     channel_base: int = 16384
     channel_max: int = 512

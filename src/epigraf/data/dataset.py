@@ -1,8 +1,9 @@
 """``ImageDataset``: square images from a folder or zip with optional camera angles and labels (docs/method.md §6).
 
 Items are numpy arrays (the default DataLoader collate turns them into tensors): a uint8 image
-[3, R, R], float32 angles [3] (yaw, pitch, roll) and a float32 label [c_dim]. ``mirror=True`` appends a
-horizontally flipped copy of every image with its yaw negated (docs/method.md §6.2): item i + N is item i flipped.
+[3, R, R], float32 angles [3] (yaw, pitch, roll), a float32 label [c_dim] and the object's uint8 coverage of each
+pixel [1, R, R] (with ``coverage=True``; else [0, R, R]). ``mirror=True`` appends a horizontally flipped copy of
+every image with its yaw negated (docs/method.md §6.2): item i + N is item i flipped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 
 from epigraf.data.sources import open_image
-from epigraf.data.validate import Report, validate_dataset
+from epigraf.data.validate import Report, coverage_file, validate_dataset
 
 
 class DatasetWarning(UserWarning):
@@ -25,11 +26,14 @@ class DatasetWarning(UserWarning):
 
 class Item(NamedTuple):
     """One dataset item. image: uint8 [3, R, R]; angles: float32 [3] (NaN when the dataset has no
-    cameras, so that an accidental use fails loudly); label: float32 [c_dim] (one-hot for classes)."""
+    cameras, so that an accidental use fails loudly); label: float32 [c_dim] (one-hot for classes); coverage:
+    uint8 [1, R, R], 255 where the object covers the pixel, or [0, R, R] when not asked for (so that a batch of
+    images and coverages concatenates the same way either way)."""
 
     image: np.ndarray
     angles: np.ndarray
     label: np.ndarray
+    coverage: np.ndarray
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -37,14 +41,17 @@ class ImageDataset(torch.utils.data.Dataset):
 
     path: a folder or zip of square images of one size, with an optional ``dataset.json``.
     mirror: also yield flipped copies with negated yaw (doubles the length).
+    coverage: also yield each image's coverage: its alpha channel, or for a built-in dataset the mask stored
+        beside it (``epigraf.data.validate.coverage_file``); an image without either is a validation error.
     decode_check: decode every image during validation (finds truncated files up front; slower).
     Raises ValueError listing every problem found (see ``epigraf.data.validate``); warnings are issued
     as ``DatasetWarning``.
     """
 
-    def __init__(self, path: str | os.PathLike, *, mirror: bool = False, decode_check: bool = False,
-                 yaw_tolerance: float = 0.1) -> None:
-        self.report: Report = validate_dataset(path, decode=decode_check, yaw_tolerance=yaw_tolerance)
+    def __init__(self, path: str | os.PathLike, *, mirror: bool = False, coverage: bool = False,
+                 decode_check: bool = False, yaw_tolerance: float = 0.1) -> None:
+        self.report: Report = validate_dataset(path, decode=decode_check, yaw_tolerance=yaw_tolerance,
+                                               coverage=coverage)
         self.report.raise_for_errors()
         for message in self.report.warnings:
             warnings.warn(f"{self.report.path}: {message}", DatasetWarning, stacklevel=2)
@@ -68,6 +75,7 @@ class ImageDataset(torch.utils.data.Dataset):
             labels = np.concatenate([labels, labels])
         self._angles = angles
         self._labels = labels
+        self.with_coverage = coverage
 
     @property
     def num_images(self) -> int:
@@ -105,19 +113,38 @@ class ImageDataset(torch.utils.data.Dataset):
         i = i % len(self)
         n = self.num_images
         image = self.load_image(i % n)
+        r = self.resolution
+        coverage = self.load_coverage(i % n)[None] if self.with_coverage else np.zeros((0, r, r), np.uint8)
         if i >= n:
-            image = image[:, :, ::-1].copy()
-        return Item(image, self._angles[i].copy(), self._labels[i].copy())
+            image, coverage = image[:, :, ::-1].copy(), coverage[:, :, ::-1].copy()
+        return Item(image, self._angles[i].copy(), self._labels[i].copy(), coverage)
 
     def load_image(self, j: int) -> np.ndarray:
         """Decode image file j (not mirrored) → uint8 [3, R, R]."""
+        return self._decode(j, lambda im: im.convert("RGB")).transpose(2, 0, 1).copy()
+
+    def load_coverage(self, j: int) -> np.ndarray:
+        """The coverage of image j (not mirrored) → uint8 [R, R]: the built-in dataset's stored mask, else the
+        image's alpha channel."""
+        name = self.names[j]
+        path = coverage_file(self._source, name)
+        if path is None:
+            return self._decode(j, lambda im: im.convert("RGBA").getchannel("A")).copy()
+        try:
+            with np.load(path) as arrays:
+                return arrays["mask"]
+        except (OSError, KeyError, ValueError) as err:
+            raise ValueError(f"cannot read the coverage of {name!r} ({path}): {err}") from err
+
+    def _decode(self, j: int, convert) -> np.ndarray:
+        """``convert`` applied to image file j → uint8 [R, R, …], its size checked."""
         name = self.names[j]
         try:
             with open_image(self._source, name) as im:
-                rgb = np.asarray(im.convert("RGB"))
+                pixels = np.asarray(convert(im))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise ValueError(f"cannot decode image {name!r} in {self.path}: {err}") from err
-        if rgb.shape[:2] != (self.resolution, self.resolution):
-            raise ValueError(f"image {name!r} in {self.path} is {rgb.shape[1]}×{rgb.shape[0]}, expected "
+        if pixels.shape[:2] != (self.resolution, self.resolution):
+            raise ValueError(f"image {name!r} in {self.path} is {pixels.shape[1]}×{pixels.shape[0]}, expected "
                              f"{self.resolution}×{self.resolution} (was it changed after validation?)")
-        return rgb.transpose(2, 0, 1).copy()
+        return pixels

@@ -4,9 +4,10 @@ What is checked (each problem is one message naming a few offending files):
 errors — no images; unreadable or corrupt images; unsupported pixel formats (16-bit, float); images
 sharing a key; non-square images; mixed sizes; several or malformed ``dataset.json``; camera angles
 that are malformed, look like degrees, have pitch outside (0, π) or yaw outside [−π, π]; images without
-poses and poses without images; labels of mixed kinds, malformed, negative, or not matching images.
-warnings — yaw not zero-centred (with its circular mean); alpha channels (dropped); labels that look
-like EG3D camera parameters; unknown ``dataset.json`` keys.
+poses and poses without images; labels of mixed kinds, malformed, negative, or not matching images; with
+``coverage``, images whose coverage is missing (no alpha channel, or no stored mask in a built-in dataset).
+warnings — yaw not zero-centred (with its circular mean); alpha channels (dropped, unless used as coverage); labels
+that look like EG3D camera parameters; unknown ``dataset.json`` keys.
 
 Cost: each image's header is read once (size and mode, no pixel decoding), and the last kilobyte of each PNG
 and JPEG for its end marker, so a 100k-image dataset is checked in seconds and a file cut short is refused
@@ -98,12 +99,14 @@ class Report:
         return "\n".join(lines)
 
 
-def validate_dataset(path: str | os.PathLike, *, decode: bool = False, yaw_tolerance: float = 0.1) -> Report:
+def validate_dataset(path: str | os.PathLike, *, decode: bool = False, yaw_tolerance: float = 0.1,
+                     coverage: bool = False) -> Report:
     """Check a dataset folder or zip and collect every problem (see the module docstring).
 
     decode: fully decode every image (finds truncated files; slower). yaw_tolerance: |circular mean
-    yaw| in radians above which yaw counts as not zero-centred. Raises FileNotFoundError for a missing
-    path and ValueError for a file that is not a zip; everything else lands in the report.
+    yaw| in radians above which yaw counts as not zero-centred. coverage: every image needs its coverage (see
+    ``coverage_file``). Raises FileNotFoundError for a missing path and ValueError for a file that is not a
+    zip; everything else lands in the report.
     """
     source = open_source(path)
     report = Report(path=os.fspath(path))
@@ -113,7 +116,7 @@ def validate_dataset(path: str | os.PathLike, *, decode: bool = False, yaw_toler
         report.errors.append(f"no images found in {report.path} (looked for {', '.join(_common_extensions())}, "
                              "… — every format PIL can open)")
         return report
-    resolution = _check_images(source, names, decode, report)
+    resolution = _check_images(source, names, decode, report, coverage)
     keys = [image_key(n) for n in names]
     _check_duplicate_keys(names, keys, report)
     index = DatasetIndex(source=source, names=names, resolution=resolution or 0)
@@ -190,12 +193,37 @@ def scan_images(source: Source, names: list[str], decode: bool = False) -> Heade
     return scan
 
 
-def _check_images(source: Source, names: list[str], decode: bool, report: Report) -> int | None:
+def coverage_file(source: Source, name: str) -> str | None:
+    """Where a built-in dataset (a folder with ``geometry/``, epigraf.data.builtin) stores the coverage of image
+    ``name`` (``images/<object>/<view>.png`` → ``geometry/<object>/<view>.npz``, its "mask"); None for other
+    datasets, whose coverage is each image's alpha channel."""
+    geometry = os.path.join(source.path, "geometry")
+    if not os.path.isdir(geometry):
+        return None
+    return os.path.join(geometry, *f"{image_key(name).removeprefix('images/')}.npz".split("/"))
+
+
+def _check_coverage(source: Source, names: list[str], with_alpha: list[str], report: Report) -> None:
+    if coverage_file(source, names[0]) is not None:
+        missing = [n for n in names if not os.path.isfile(coverage_file(source, n))]
+        if missing:
+            report.errors.append(f"{len(missing)} images of this built-in dataset have no stored mask in geometry/ "
+                                 f"(e.g. {examples(missing)}): rebuild it with `epigraf dataset builtin --force`")
+        return
+    without = sorted(set(names) - set(with_alpha))
+    if without:
+        report.errors.append(f"{len(without)} images have no alpha channel (e.g. {examples(without)}): the objects' "
+                             "coverage (--d-alpha) needs RGBA images, or a built-in dataset's masks")
+
+
+def _check_images(source: Source, names: list[str], decode: bool, report: Report, coverage: bool) -> int | None:
     """Read every header (and decode, if asked); return the common square resolution, if there is one."""
     scan = scan_images(source, names, decode)
     report.errors.extend(scan.errors())
     alpha = scan.with_alpha()
-    if alpha:
+    if coverage:
+        _check_coverage(source, names, alpha, report)
+    elif alpha:
         report.warnings.append(f"{len(alpha)} images have an alpha channel, which is dropped (e.g. {examples(alpha)}); "
                                "`epigraf dataset convert` composites it onto a background instead")
     return _check_sizes(scan.sizes, report)

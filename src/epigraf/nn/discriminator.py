@@ -188,7 +188,7 @@ class DiscriminatorBlock(nn.Module):
 
     def forward(self, x: Tensor | None, img: Tensor | None, h: Tensor | None = None,
                 reduced_precision: bool = False) -> Tensor:
-        """x [B, tmp, H, W] (None in the first block), img [B, 3, H, W] (first block only), h [B, hyper_dim]
+        """x [B, tmp, H, W] (None in the first block), img [B, C, H, W] (first block only), h [B, hyper_dim]
         → [B, out, H', W'] with H' = H/2 if ``down``. ``reduced_precision`` runs the block in bfloat16
         when it is eligible and on CUDA."""
         src = img if self.is_first else x
@@ -261,7 +261,8 @@ class CameraEncoder(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """EpiGRAF patch discriminator: images [B, 3, r, r] + labels + patch params (+ camera) → logits [B].
+    """EpiGRAF patch discriminator: images [B, C, r, r] + labels + patch params (+ camera) → logits [B], where C
+    is ``cfg.img_channels``: RGB, or RGB and alpha.
 
     ``use_fp16`` (off by default) runs the blocks of virtual resolution ≥ 2^(log2 R + 1 − num_fp16_res)
     in reduced precision (bfloat16, see ``REDUCED_PRECISION_DTYPE``) on CUDA only; the mappings and the
@@ -302,7 +303,7 @@ class Discriminator(nn.Module):
                 res, channels(res), channels(res // 2), is_first=i == 0,
                 down=i >= cfg.num_additional_start_blocks,
                 hyper_dim=cfg.hyper_mod_dim if cfg.hyper_mod else None,
-                conv_clamp=cfg.conv_clamp, fp16_eligible=res >= fp16_resolution,
+                img_channels=cfg.img_channels, conv_clamp=cfg.conv_clamp, fp16_eligible=res >= fp16_resolution,
             )
             setattr(self, f"b{res}", block)
 
@@ -327,8 +328,9 @@ class Discriminator(nn.Module):
     def _check_inputs(self, images: Tensor, c: Tensor | None, patch_params: PatchParamsLike | None,
                       camera_angles: Tensor | None) -> None:
         r = self.input_resolution
-        if images.ndim != 4 or images.shape[1:] != (3, r, r):
-            raise ValueError(f"images must be [B, 3, {r}, {r}] (D input resolution r = {r}), "
+        channels = self.blocks[0].img_channels
+        if images.ndim != 4 or images.shape[1:] != (channels, r, r):
+            raise ValueError(f"images must be [B, {channels}, {r}, {r}] (D input resolution r = {r}), "
                              f"got {list(images.shape)}")
         b = images.shape[0]
         if self.c_dim > 0:
@@ -359,7 +361,7 @@ class Discriminator(nn.Module):
 
     def forward(self, images: Tensor, c: Tensor | None, patch_params: PatchParamsLike | None,
                 camera_angles: Tensor | None = None) -> Tensor:
-        """images [B, 3, r, r] in [−1, 1], c [B, c_dim] or None, patch_params (scales, offsets [B, 2]),
+        """images [B, C, r, r] in [−1, 1], c [B, c_dim] or None, patch_params (scales, offsets [B, 2]),
         camera_angles [B, 3] (only used with camera_cond) → logits [B]."""
         self._check_inputs(images, c, patch_params, camera_angles)
         patch_embed = self.embed_patch_params(patch_params) if self.uses_patch_params else None

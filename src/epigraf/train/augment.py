@@ -149,7 +149,8 @@ class AugmentPipe(nn.Module):
         """Augment a batch.
 
         Args:
-            images: [B, C, H, W], float, roughly in [−1, 1]; C must be 1 or 3 when colour transforms are on.
+            images: [B, C, H, W], float, roughly in [−1, 1]; C must be 1, 3 or 4 (RGB and alpha, the colour
+                transforms leaving the alpha) when colour transforms are on.
             generator: source of all random draws (its device is where they are drawn); None uses the global
                 CPU generator.
 
@@ -161,8 +162,8 @@ class AugmentPipe(nn.Module):
         if p <= 0:
             return images
         color_on = any(m > 0 for m in (self.brightness, self.contrast, self.lumaflip, self.hue, self.saturation))
-        if color_on and images.shape[1] not in (1, 3):
-            raise ValueError(f"colour transforms need 1 or 3 channels, got {images.shape[1]}")
+        if color_on and images.shape[1] not in (1, 3, 4):
+            raise ValueError(f"colour transforms need 1, 3 or 4 (RGB and alpha) channels, got {images.shape[1]}")
         draws = _Draws(images.shape[0], generator)
         h, w = images.shape[-2:]
 

@@ -35,7 +35,7 @@ def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
 def resolve_dataset(opts: TrainOptions, resolution: int, env: distributed.DistEnv) -> ImageDataset:
     """The user's dataset, or the built-in one (rendered once into the cache by rank 0 while others wait)."""
     if opts.data is not None:
-        return ImageDataset(opts.data, mirror=opts.mirror)
+        return ImageDataset(opts.data, mirror=opts.mirror, coverage=opts.d_alpha)
     from epigraf.data.builtin import build_builtin_dataset
 
     if env.is_main:
@@ -44,7 +44,7 @@ def resolve_dataset(opts: TrainOptions, resolution: int, env: distributed.DistEn
     distributed.barrier(env)
     if not env.is_main:
         path = build_builtin_dataset(resolution=resolution)
-    return ImageDataset(path, mirror=opts.mirror)
+    return ImageDataset(path, mirror=opts.mirror, coverage=opts.d_alpha)
 
 
 def model_config_for(opts: TrainOptions, dataset: ImageDataset, base: ModelConfig) -> ModelConfig:
@@ -69,7 +69,8 @@ def model_config_for(opts: TrainOptions, dataset: ImageDataset, base: ModelConfi
     mean_pose = dataset.mean_camera_pose or g.mean_camera_pose
     g = dataclasses.replace(g, c_dim=c_dim, camera_cond=opts.g_camera_cond or opts.pose_cond,
                             mean_camera_pose=tuple(mean_pose))
-    d = dataclasses.replace(d, c_dim=c_dim, camera_cond=d_camera_cond, camera_cond_drop_p=opts.d_camera_cond_drop_p)
+    d = dataclasses.replace(d, c_dim=c_dim, camera_cond=d_camera_cond, camera_cond_drop_p=opts.d_camera_cond_drop_p,
+                            img_channels=4 if opts.d_alpha else 3)
     gamma = opts.r1_gamma if opts.r1_gamma >= 0 else cfg.r1_gamma
     return dataclasses.replace(cfg, generator=g, discriminator=d, r1_gamma=gamma)
 

@@ -26,8 +26,9 @@ FakeConditioning = Callable[[int], tuple[Tensor, Tensor]]
 
 @dataclass
 class RealBatch:
-    """One rank's real images of an iteration: images [b, 3, R, R] in [−1, 1], c [b, c_dim] (labels),
-    camera_angles [b, 3] (the dataset's, flip-corrected; what a pose-conditioned D sees for reals)."""
+    """One rank's real images of an iteration: images [b, C, R, R] in [−1, 1] (RGB, and the coverage as alpha when D
+    takes it), c [b, c_dim] (labels), camera_angles [b, 3] (the dataset's, flip-corrected; what a pose-conditioned
+    D sees for reals)."""
 
     images: Tensor
     c: Tensor

@@ -299,9 +299,9 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
     while True:
         kimg = cur_nimg / 1000
         torch.manual_seed(step_seed(opts.seed, env.rank, step))
-        images, real_angles, real_c = next(reals)
-        real = RealBatch(images.to(device).float() / 127.5 - 1, real_c.to(device)[:, : cfg.generator.c_dim],
-                         real_angles.to(device))
+        images, real_angles, real_c, coverage = next(reals)
+        real = RealBatch(torch.cat([images, coverage], dim=1).to(device).float() / 127.5 - 1,
+                         real_c.to(device)[:, : cfg.generator.c_dim], real_angles.to(device))
         # Each phase its own z, labels, cameras, GPC cameras and patches, as the original (docs/method.md §5.4).
         draws = draw_iteration(real, cfg, kimg, lambda n: fake_conditioning(dataset, cfg, n, device),
                                spoof_p=gpc_spoof_prob(kimg, opts.gpc_spoof_final, opts.gpc_spoof_kimg),

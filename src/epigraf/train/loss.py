@@ -71,8 +71,15 @@ class PatchGANLoss:
             update_emas=update_emas, with_distortion=with_distortion,
         )
 
+    def fake_patches(self, out: GeneratorOutput) -> Tensor:
+        """What D sees of G's render: its image [b, 3, r, r], with the opacity in [−1, 1] as a fourth channel when
+        D takes alpha (the reals' coverage is the same channel)."""
+        if self.D.cfg.img_channels == 4:
+            return torch.cat([out.image, out.opacity * 2 - 1], dim=1)
+        return out.image
+
     def discriminate(self, images: Tensor, c: Tensor, pp: PatchParams, angles: Tensor, kimg: float) -> Tensor:
-        """Blur (faded by kimg) → augment → D. images [b, 3, r, r] → logits [b]."""
+        """Blur (faded by kimg) → augment → D. images [b, C, r, r] → logits [b]."""
         sigma = blur_sigma(kimg, self.blur_init_sigma, self.blur_fade_kimg)
         if sigma > 0:
             images = blur_images(images, sigma)
@@ -82,14 +89,14 @@ class PatchGANLoss:
                       camera_angles=angles if self.D.cfg.camera_cond else None)
 
     def real_patches(self, real: RealBatch, pp: PatchParams) -> Tensor:
-        """The real images resampled at the patches ``pp``. → [b, 3, r, r]."""
+        """The real images (and their coverage, when D takes alpha) resampled at the patches ``pp``. → [b, C, r, r]."""
         return extract_patches(real.images, pp, self.cfg.patch.resolution)
 
     def generator_loss(self, fake: FakeDraws, kimg: float) -> PhaseResult:
         """The non-saturating loss, plus ``distortion_weight`` × the mean distortion of the fakes' ray weights
         when it is > 0 (ours, not the original's: docs/method.md §5.1)."""
         out = self.generate(fake, kimg, with_distortion=self.distortion_weight > 0)
-        logits = self.discriminate(out.image, fake.c, fake.patch, fake.camera_angles, kimg)
+        logits = self.discriminate(self.fake_patches(out), fake.c, fake.patch, fake.camera_angles, kimg)
         loss = F.softplus(-logits).mean()
         stats = {"loss/G": loss.item(), "scores/fake_G": logits.mean().item()}
         if out.distortion is not None:
@@ -102,7 +109,7 @@ class PatchGANLoss:
                            ) -> PhaseResult:
         """Fakes rendered without gradient (updating G's ``w_avg``) and real patches at ``real_patch``."""
         with torch.no_grad():
-            images = self.generate(fake, kimg, update_emas=True).image
+            images = self.fake_patches(self.generate(fake, kimg, update_emas=True))
         fake_logits = self.discriminate(images, fake.c, fake.patch, fake.camera_angles, kimg)
         real_logits = self.discriminate(self.real_patches(real, real_patch), real.c, real_patch,
                                         real.camera_angles, kimg)

@@ -42,6 +42,7 @@ class PresetRecipe:
     mirror: bool = True
     d_camera_cond: bool = False
     d_camera_cond_drop_p: float = 0.5
+    d_alpha: bool = False
 
 
 # The paper's schedule (docs/method.md §5): batch 64, D-input blur of σ = 10 px fading over 200 kimg.
@@ -124,6 +125,10 @@ class TrainOptions:
     d_camera_cond_drop_p: float | None = option(
         None, "probability of dropping the camera given to D (default: the preset's, 0.5 paper, 0 builtin; 0.5 with "
               "--pose-cond)"
+    )
+    d_alpha: bool | None = option(
+        None, "D also sees each patch's alpha: the data's coverage of each pixel (RGBA images, or the built-in "
+              "dataset's masks) for reals, G's opacity for fakes (default: the preset's, off)"
     )
     g_camera_cond: bool = option(False, "generator pose conditioning (GPC)")
     pose_cond: bool = option(False, "the original's recipe for posed data (FFHQ, Cats): --d-camera-cond (Fourier "

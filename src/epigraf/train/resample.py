@@ -200,7 +200,8 @@ def apply_color(images: Tensor, matrix: Tensor) -> Tensor:
     """Apply per-sample colour matrices acting on (r, g, b, 1).
 
     Args:
-        images: [B, 3, H, W] RGB, or [B, 1, H, W] grey (transformed as (g, g, g) and averaged back).
+        images: [B, 3, H, W] RGB, [B, 1, H, W] grey (transformed as (g, g, g) and averaged back), or
+            [B, 4, H, W] RGB and alpha (the alpha passes unchanged: a colour change does not move the object).
         matrix: [B, 4, 4] on any device.
 
     Returns:
@@ -212,4 +213,6 @@ def apply_color(images: Tensor, matrix: Tensor) -> Tensor:
     if images.shape[1] == 1:
         gain = matrix[:, :3, :3].sum(dim=2).mean(dim=1)
         return images * gain[:, None, None, None] + matrix[:, :3, 3].mean(dim=1)[:, None, None, None]
-    raise ValueError(f"colour transforms need 1 or 3 channels, got {images.shape[1]}")
+    if images.shape[1] == 4:
+        return torch.cat([apply_color(images[:, :3], matrix), images[:, 3:]], dim=1)
+    raise ValueError(f"colour transforms need 1, 3 or 4 (RGB and alpha) channels, got {images.shape[1]}")
