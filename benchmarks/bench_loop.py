@@ -1,7 +1,8 @@
 """Steady-state speed of the real training step: consecutive iterations on changing inputs.
 
     python benchmarks/bench_loop.py [--preset ffhq256] [--batch 4] [--iterations 6] [--warmup 1]
-                                    [--r1-interval 1] [--keep-denormals] [--out benchmarks/results/loop.json]
+                                    [--r1-interval 1] [--keep-denormals] [--bf16]
+                                    [--out benchmarks/results/loop.json]
 
 Each iteration is ``epigraf.train.loop.training_step`` (G step, D step, R1 step on its interval, each an
 Adam step) followed by ``update_ema``, exactly as ``train()`` runs them, on fresh inputs: new real
@@ -14,7 +15,8 @@ iteration has every phase, as ``REFERENCE_TIMINGS.md`` counts it.
 Prints per-iteration phase times and logits, then per-phase medians over the iterations after the
 warm-up, the iteration time, img/s and the peak resident memory, beside the original's figures
 (a different machine: see ``RESULTS.md`` for how to read the ratio). ``--keep-denormals`` leaves subnormal
-floats on, to show the stall they cause once D saturates.
+floats on, to show the stall they cause once D saturates. ``--bf16`` runs the phases under bfloat16 autocast, as
+``epigraf train --bf16`` does (oneDNN's bf16 kernels on CPUs with AVX-512 BF16 or AMX; tensor cores on GPUs).
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ def main() -> None:
     parser.add_argument("--compile", choices=("none", "G", "D", "both"), default="none",
                         help="torch.compile these networks (as `epigraf train --compile` does both)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast, as `epigraf train --bf16`")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/loop.json"))
     args = parser.parse_args()
     if args.iterations <= args.warmup:
@@ -160,6 +163,7 @@ def main() -> None:
     if args.compile in ("D", "both"):
         loss.D.compile()
     b = args.batch
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     records = []
     cur_nimg = 0
@@ -168,7 +172,7 @@ def main() -> None:
         x = fresh_inputs(step, cur_nimg / 1000)
         with timed_phase(timings, "iteration", device):
             ok, stats, _ = training_step(loss, x, cur_nimg / 1000, step, G_opt, D_opt, env, args.r1_interval,
-                                         contextlib.nullcontext(), timings)
+                                         autocast, timings)
             with timed_phase(timings, "EMA", device):
                 update_ema(G_ema, loss.G, ema_beta(b, cur_nimg, b * 0.3125))
             cur_nimg += b
@@ -188,12 +192,14 @@ def main() -> None:
     peak_rss = max(r["rss_gib"] for r in records)
     phase_peaks = {k: max(r[f"{k}_rss_gib"] for r in records if f"{k}_rss_gib" in r)
                    for k in PHASES if any(f"{k}_rss_gib" in r for r in records)}
-    comparable = args.preset == "ffhq256" and b == 4 and device.type == "cpu" and args.r1_interval == 1
+    comparable = (args.preset == "ffhq256" and b == 4 and device.type == "cpu" and args.r1_interval == 1
+                  and not args.bf16)
     env_info = {
         "device": device_name(device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(), "preset": args.preset, "batch": b, "iterations": args.iterations,
-        "warmup": args.warmup, "r1_interval": args.r1_interval, "compile": args.compile, "malloc_tuning": tuned,
+        "warmup": args.warmup, "r1_interval": args.r1_interval, "compile": args.compile, "bf16": args.bf16,
+        "malloc_tuning": tuned,
         "denormals_flushed": flushed and denormals_flushed(), "load_average": os.getloadavg(),
         "peak_rss_gib": round(peak_rss, 2),
     }

@@ -1,12 +1,19 @@
 """Where the training step's time goes, per phase: torch.profiler over steady-state iterations.
 
-    python benchmarks/profile_loop.py [--preset builtin] [--batch 16] [--iterations 3] [--warmup 2]
-                                      [--r1-interval 1] [--rows 15] [--out benchmarks/results/profile.json]
+    python benchmarks/profile_loop.py [--preset builtin] [--batch 16] [--iterations 3] [--warmup 4]
+                                      [--r1-interval 1] [--rows 15] [--timer dispatch|profiler]
+                                      [--out benchmarks/results/profile.json]
 
-Builds the step as ``bench_loop.py`` does, runs ``--warmup`` unprofiled iterations, then profiles each phase
-(G, D, R1) of the next ``--iterations`` separately and prints, per phase, the ops with the most self CPU time
-(ms per iteration, share of the phase, calls per iteration), with the page faults (minor / major) and the
-process's user / system CPU seconds of the phase, the kernel's share counting allocator and page-fault time.
+Builds the step as ``bench_loop.py`` does, runs ``--warmup`` untimed iterations, then times each phase (G, D,
+R1) of the next ``--iterations`` separately and prints, per phase, the ops that took the most time (ms per
+iteration, share of the phase, calls per iteration), with the page faults (minor / major) and the process's
+user / system CPU seconds of the phase, the kernel's share counting allocator and page-fault time.
+
+``--timer dispatch`` (the default) times every aten op as it is dispatched, below autograd, with a wall clock:
+what each op costs the step, its output's allocation included. ``--timer profiler`` takes torch.profiler's self
+CPU time instead; on the 2-core machines of benchmarks/RESULTS.md it inflated large element-wise ops by 5–15×
+(a leaky-ReLU backward over 16 × 16,384 × 32 floats: 65 ms a call under the profiler, 6–11 ms timed at dispatch
+and alone). Four warm-up iterations: the first two still fault in new heap pages (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -25,14 +32,35 @@ from bench_loop import build
 from epigraf.process_settings import flush_denormals, tune_cpu_allocator
 
 
+def dispatch_timer():
+    """A TorchDispatchMode whose ``ops`` maps each aten op's name to [wall ms, calls] over the ops run inside it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class DispatchTimer(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: dict[str, list] = defaultdict(lambda: [0.0, 0])
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            start = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            entry = self.ops[f"aten::{func.overloadpacket.__name__}"]
+            entry[0] += (time.perf_counter() - start) * 1e3
+            entry[1] += 1
+            return out
+
+    return DispatchTimer()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="builtin")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--r1-interval", type=int, default=1)
     parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--timer", choices=("dispatch", "profiler"), default="dispatch")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/profile.json"))
     args = parser.parse_args()
     flush_denormals()
@@ -56,8 +84,14 @@ def main() -> None:
                 yield
             return
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            yield
+        if args.timer == "dispatch":
+            with dispatch_timer() as timer:
+                yield
+            op_times = timer.ops.items()
+        else:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                yield
+            op_times = [(e.key, (e.self_cpu_time_total / 1e3, e.count)) for e in prof.key_averages()]
         t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         s = stats[name]
         s["wall"] += t1 - t0
@@ -65,9 +99,9 @@ def main() -> None:
         s["sys"] += r1.ru_stime - r0.ru_stime
         s["minflt"] += r1.ru_minflt - r0.ru_minflt
         s["majflt"] += r1.ru_majflt - r0.ru_majflt
-        for e in prof.key_averages():
-            s["ops"][e.key][0] += e.self_cpu_time_total / 1e3
-            s["ops"][e.key][1] += e.count
+        for key, (ms, count) in op_times:
+            s["ops"][key][0] += ms
+            s["ops"][key][1] += count
 
     loop.timed_phase = profiled_phase
     for step in range(args.warmup + args.iterations):
@@ -75,10 +109,11 @@ def main() -> None:
         loop.training_step(loss, fresh_inputs(step, 0.0), 0.0, step, G_opt, D_opt, env, args.r1_interval,
                            contextlib.nullcontext(), {})
     n = args.iterations
-    report = {"preset": args.preset, "batch": args.batch, "threads": torch.get_num_threads(),
+    report = {"preset": args.preset, "batch": args.batch, "threads": torch.get_num_threads(), "timer": args.timer,
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "load_average": os.getloadavg(),
               "phases": {}}
-    print(f"{args.preset}, batch {args.batch}, {report['threads']} threads, {report['cpu_capability']}, "
+    print(f"{args.preset}, batch {args.batch}, {report['threads']} threads, {report['cpu_capability']}, {args.timer} "
+          f"timer, "
           f"load {' '.join(f'{v:.1f}' for v in os.getloadavg())}; per iteration, mean of {n}")
     for name, s in stats.items():
         total = sum(v[0] for v in s["ops"].values())

@@ -128,7 +128,8 @@ class TrainOptions:
     )
     d_alpha: bool | None = option(
         None, "D also sees each patch's alpha: the data's coverage of each pixel (RGBA images, or the built-in "
-              "dataset's masks) for reals, G's opacity for fakes (default: the preset's, off)"
+              "dataset's masks) for reals, G's opacity for fakes (default: the preset's, off; on the built-in run it "
+              "made the geometry worse, docs/results.md)"
     )
     g_camera_cond: bool = option(False, "generator pose conditioning (GPC)")
     pose_cond: bool = option(False, "the original's recipe for posed data (FFHQ, Cats): --d-camera-cond (Fourier "
@@ -165,7 +166,8 @@ class TrainOptions:
     )
     device: str = option("auto", "auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU)")
     workers: int = option(2, "data-loading processes")
-    bf16: bool = option(False, "bfloat16 autocast for G and D forward passes (GPU)")
+    bf16: bool = option(False, "bfloat16 autocast for G and D forward passes (GPU; on CPUs it was far slower than "
+                               "fp32, benchmarks/RESULTS.md)")
     compile: bool = option(False, "torch.compile G and D")
     tensorboard: bool = option(False, "also log the stats to TensorBoard (needs the tensorboard package)")
     progress: bool = option(True, "a progress bar (else one log line per tick)")
