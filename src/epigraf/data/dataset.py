@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from epigraf.data.sources import open_image
-from epigraf.data.validate import Report, coverage_file, validate_dataset
+from epigraf.data.validate import Report, builtin_geometry_root, geometry_file, validate_dataset
 
 
 class DatasetWarning(UserWarning):
@@ -42,7 +42,7 @@ class ImageDataset(torch.utils.data.Dataset):
     path: a folder or zip of square images of one size, with an optional ``dataset.json``.
     mirror: also yield flipped copies with negated yaw (doubles the length).
     coverage: also yield each image's coverage: its alpha channel, or for a built-in dataset the mask stored
-        beside it (``epigraf.data.validate.coverage_file``); an image without either is a validation error.
+        beside it (``epigraf.data.validate.geometry_file``); an image without either is a validation error.
     decode_check: decode every image during validation (finds truncated files up front; slower).
     Raises ValueError listing every problem found (see ``epigraf.data.validate``); warnings are issued
     as ``DatasetWarning``.
@@ -76,6 +76,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self._angles = angles
         self._labels = labels
         self.with_coverage = coverage
+        self._geometry_root = builtin_geometry_root(self._source)
 
     @property
     def num_images(self) -> int:
@@ -126,10 +127,10 @@ class ImageDataset(torch.utils.data.Dataset):
     def load_coverage(self, j: int) -> np.ndarray:
         """The coverage of image j (not mirrored) → uint8 [R, R]: the built-in dataset's stored mask, else the
         image's alpha channel."""
-        name = self.names[j]
-        path = coverage_file(self._source, name)
-        if path is None:
+        if self._geometry_root is None:
             return self._decode(j, lambda im: im.convert("RGBA").getchannel("A")).copy()
+        name = self.names[j]
+        path = geometry_file(self._geometry_root, name)
         try:
             with np.load(path) as arrays:
                 return arrays["mask"]

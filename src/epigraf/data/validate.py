@@ -104,9 +104,9 @@ def validate_dataset(path: str | os.PathLike, *, decode: bool = False, yaw_toler
     """Check a dataset folder or zip and collect every problem (see the module docstring).
 
     decode: fully decode every image (finds truncated files; slower). yaw_tolerance: |circular mean
-    yaw| in radians above which yaw counts as not zero-centred. coverage: every image needs its coverage (see
-    ``coverage_file``). Raises FileNotFoundError for a missing path and ValueError for a file that is not a
-    zip; everything else lands in the report.
+    yaw| in radians above which yaw counts as not zero-centred. coverage: every image needs its coverage (its
+    alpha channel, or in a built-in dataset its stored mask: ``geometry_file``). Raises FileNotFoundError for a
+    missing path and ValueError for a file that is not a zip; everything else lands in the report.
     """
     source = open_source(path)
     report = Report(path=os.fspath(path))
@@ -193,19 +193,22 @@ def scan_images(source: Source, names: list[str], decode: bool = False) -> Heade
     return scan
 
 
-def coverage_file(source: Source, name: str) -> str | None:
-    """Where a built-in dataset (a folder with ``geometry/``, epigraf.data.builtin) stores the coverage of image
-    ``name`` (``images/<object>/<view>.png`` → ``geometry/<object>/<view>.npz``, its "mask"); None for other
-    datasets, whose coverage is each image's alpha channel."""
-    geometry = os.path.join(source.path, "geometry")
-    if not os.path.isdir(geometry):
-        return None
-    return os.path.join(geometry, *f"{image_key(name).removeprefix('images/')}.npz".split("/"))
+def builtin_geometry_root(source: Source) -> str | None:
+    """``source``'s folder when it is a built-in dataset's (one with ``geometry/``, epigraf.data.builtin), whose
+    stored masks are its images' coverage; None for other datasets, whose coverage is each image's alpha."""
+    return source.path if os.path.isdir(os.path.join(source.path, "geometry")) else None
+
+
+def geometry_file(root: str | os.PathLike, image: str) -> str:
+    """Where the built-in dataset at ``root`` stores the depth and mask of ``image`` (its relative path
+    ``images/<object>/<view>.png``, or its key): ``root/geometry/<object>/<view>.npz``."""
+    return os.path.join(root, "geometry", *f"{image_key(image).removeprefix('images/')}.npz".split("/"))
 
 
 def _check_coverage(source: Source, names: list[str], with_alpha: list[str], report: Report) -> None:
-    if coverage_file(source, names[0]) is not None:
-        missing = [n for n in names if not os.path.isfile(coverage_file(source, n))]
+    root = builtin_geometry_root(source)
+    if root is not None:
+        missing = [n for n in names if not os.path.isfile(geometry_file(root, n))]
         if missing:
             report.errors.append(f"{len(missing)} images of this built-in dataset have no stored mask in geometry/ "
                                  f"(e.g. {examples(missing)}): rebuild it with `epigraf dataset builtin --force`")

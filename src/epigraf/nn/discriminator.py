@@ -328,7 +328,7 @@ class Discriminator(nn.Module):
     def _check_inputs(self, images: Tensor, c: Tensor | None, patch_params: PatchParamsLike | None,
                       camera_angles: Tensor | None) -> None:
         r = self.input_resolution
-        channels = self.blocks[0].img_channels
+        channels = self.cfg.img_channels
         if images.ndim != 4 or images.shape[1:] != (channels, r, r):
             raise ValueError(f"images must be [B, {channels}, {r}, {r}] (D input resolution r = {r}), "
                              f"got {list(images.shape)}")

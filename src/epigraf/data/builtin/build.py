@@ -56,6 +56,7 @@ from epigraf.data.builtin.catalogue import (
     subset_objects,
 )
 from epigraf.data.builtin.render import SUPERSAMPLING, RenderTask, _write, render_object
+from epigraf.data.validate import geometry_file
 from epigraf.files import cache_dir
 
 log = logging.getLogger(__name__)
@@ -290,6 +291,5 @@ def _install(tmp: Path, out: Path, params: BuildParams, force: bool) -> None:
 def load_geometry(root: str | os.PathLike, image: str) -> tuple[np.ndarray, np.ndarray]:
     """Depth float32 [R, R] (along the ray, +inf off the object) and coverage float32 [R, R] in [0, 1] of
     an image of a built dataset, given its relative path (``images/<object>/<view>.png``) or key."""
-    key = image.removesuffix(".png").removeprefix("images/")
-    with np.load(Path(root) / "geometry" / f"{key}.npz") as arrays:
+    with np.load(geometry_file(root, image)) as arrays:
         return arrays["depth"].astype(np.float32), arrays["mask"].astype(np.float32) / 255.0
