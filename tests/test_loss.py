@@ -393,3 +393,53 @@ def test_a_d_that_takes_alpha_sees_gs_opacity_and_the_reals_coverage():
         torch.testing.assert_close(seen[:, 3:], out.opacity * 2 - 1)
     assert out.opacity.max() - out.opacity.min() > 0.1  # the fourth channel varies with what the ray meets
     torch.testing.assert_close(D.calls[2][0], extract_patches(real.images, draws.dmain_real_patch, r))
+
+
+class CameraRecordingD(PresetD):
+    """A camera-conditioned stand-in: returns the given logits in order and records each call's images and
+    camera angles."""
+
+    def __init__(self, *logits: Tensor) -> None:
+        super().__init__(*logits)
+        self.cfg = SimpleNamespace(c_dim=0, camera_cond=True, img_channels=3)
+        self.calls: list[tuple[Tensor, Tensor]] = []
+
+    def forward(self, images: Tensor, c, pp, camera_angles: Tensor | None = None) -> Tensor:
+        self.calls.append((images.detach().clone(), camera_angles.clone()))
+        return self.queue.pop(0)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_a_matching_aware_d_sees_the_reals_at_the_next_images_camera_as_fakes(weight):
+    """With ``wrong_camera_weight`` w, the D phase adds w · softplus(D(real patches, c, the next real image's camera))
+    to the usual loss: the same real patches, every camera moved by one place in the batch, pushed down."""
+    fake = torch.tensor([-2.0, 0.5, 3.0, 1.0], requires_grad=True)
+    real = torch.tensor([1.0, -1.0, 0.3, 2.0], requires_grad=True)
+    wrong = torch.tensor([0.7, 1.5, -0.2, 0.1], requires_grad=True)
+    x = phase_inputs(4, kimg=500.0)
+    D = CameraRecordingD(fake, real, wrong)
+    d = make_loss(RecordingG(), D, wrong_camera_weight=weight).discriminator_loss(
+        x.dmain, x.real, x.dmain_real_patch, 500.0)
+    expected = torch.nn.functional.softplus(fake).mean() + torch.nn.functional.softplus(-real).mean()
+    if weight == 0:
+        assert len(D.calls) == 2 and "scores/real_wrong_camera" not in d.stats
+        torch.testing.assert_close(d.loss, expected)
+        return
+    torch.testing.assert_close(d.loss, expected + weight * torch.nn.functional.softplus(wrong).mean())
+    (real_images, real_cameras), (wrong_images, wrong_cameras) = D.calls[1], D.calls[2]
+    assert torch.equal(real_cameras, x.real.camera_angles)
+    assert torch.equal(wrong_images, real_images)
+    assert torch.equal(wrong_cameras, x.real.camera_angles[[3, 0, 1, 2]])
+    (d_wrong,) = torch.autograd.grad(d.loss, wrong)
+    assert (d_wrong > 0).all()  # D lowers the logits of a real image at a camera it was not taken from
+    assert d.stats["scores/real_wrong_camera"] == pytest.approx(wrong.mean().item())
+    assert d.stats["loss/D"] == pytest.approx(d.loss.item())
+
+
+def test_a_matching_aware_d_needs_camera_conditioning_and_two_images_a_batch():
+    with pytest.raises(ValueError, match="camera-conditioned D"):
+        make_loss(RecordingG(), PresetD(), wrong_camera_weight=0.5)
+    x = phase_inputs(1)
+    loss = make_loss(RecordingG(), CameraRecordingD(torch.zeros(1), torch.zeros(1)), wrong_camera_weight=0.5)
+    with pytest.raises(ValueError, match="≥ 2 images a batch"):
+        loss.discriminator_loss(x.dmain, x.real, x.dmain_real_patch, 0.0)

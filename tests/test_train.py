@@ -364,3 +364,19 @@ def test_fid_is_measured_every_metrics_interval(tmp_path, dataset):
     assert [r["kimg"] for r in records] == [0.008, 0.016]
     assert all(math.isfinite(r["value"]) and r["value"] >= 0 for r in records)
     assert "8 fakes" in records[0]["protocol"]
+
+
+def test_d_wrong_camera_weight_trains_a_matching_aware_d_and_needs_a_camera_conditioned_one(tmp_path, dataset):
+    with pytest.raises(ValueError, match="must be ≥ 0"):
+        TrainOptions(d_wrong_camera_weight=-0.5)
+    with pytest.raises(ValueError, match="need a camera-conditioned D"):
+        train(options(tmp_path, d_wrong_camera_weight=0.5, d_camera_cond=False), tiny_model_config())
+    with pytest.raises(ValueError, match="≥ 2 images a batch per process, got 1"):
+        train(options(tmp_path, d_wrong_camera_weight=0.5, d_camera_cond=True, batch_size=1), tiny_model_config())
+    assert not (tmp_path / "runs").exists()  # refused before a run folder was made
+    result = train(options(tmp_path, d_wrong_camera_weight=0.5, d_camera_cond=True, kimg=0.008,
+                           run=str(tmp_path / "matching")), tiny_model_config())
+    stats = read_stats(result.run_dir)[-1]
+    assert math.isfinite(stats["scores/real_wrong_camera"])
+    assert TrainOptions().with_preset_defaults().d_wrong_camera_weight == 0.0
+    assert json.loads((result.run_dir / "options.json").read_text())["d_wrong_camera_weight"] == 0.5

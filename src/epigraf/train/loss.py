@@ -52,9 +52,14 @@ class PatchGANLoss:
 
     def __init__(self, cfg: ModelConfig, G: Generator, D: Discriminator, augment: AugmentPipe | None,
                  r1_gamma: float, blur_init_sigma: float, blur_fade_kimg: float,
-                 deterministic_render: bool = False, distortion_weight: float = 0.0) -> None:
+                 deterministic_render: bool = False, distortion_weight: float = 0.0,
+                 wrong_camera_weight: float = 0.0) -> None:
         self.cfg, self.G, self.D, self.augment = cfg, G, D, augment
         self.distortion_weight = distortion_weight
+        if wrong_camera_weight > 0 and not D.cfg.camera_cond:
+            raise ValueError("real images at a wrong camera (--d-wrong-camera-weight) need a camera-conditioned D "
+                             "(--d-camera-cond)")
+        self.wrong_camera_weight = wrong_camera_weight
         self.r1_gamma = r1_gamma
         self.blur_init_sigma, self.blur_fade_kimg = blur_init_sigma, blur_fade_kimg
         self.deterministic_render = deterministic_render
@@ -107,15 +112,28 @@ class PatchGANLoss:
 
     def discriminator_loss(self, fake: FakeDraws, real: RealBatch, real_patch: PatchParams, kimg: float
                            ) -> PhaseResult:
-        """Fakes rendered without gradient (updating G's ``w_avg``) and real patches at ``real_patch``."""
+        """Fakes rendered without gradient (updating G's ``w_avg``) and real patches at ``real_patch``.
+
+        With ``wrong_camera_weight`` > 0 (ours, not the original's: docs/method.md §5.1), D also sees the real
+        patches at the camera of the next real image in the batch, and that pairing counts as fake with this
+        weight: a matching-aware D (Reed et al., "Generative Adversarial Text to Image Synthesis", 2016), which
+        must tell whether an image shows its camera's view, not only whether it looks real."""
         with torch.no_grad():
             images = self.fake_patches(self.generate(fake, kimg, update_emas=True))
         fake_logits = self.discriminate(images, fake.c, fake.patch, fake.camera_angles, kimg)
-        real_logits = self.discriminate(self.real_patches(real, real_patch), real.c, real_patch,
-                                        real.camera_angles, kimg)
+        real_images = self.real_patches(real, real_patch)
+        real_logits = self.discriminate(real_images, real.c, real_patch, real.camera_angles, kimg)
         loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
-        stats = {"loss/D": loss.item(), "scores/fake": fake_logits.mean().item(),
-                 "scores/real": real_logits.mean().item()}
+        stats = {"scores/fake": fake_logits.mean().item(), "scores/real": real_logits.mean().item()}
+        if self.wrong_camera_weight > 0:
+            if real.camera_angles.shape[0] < 2:
+                raise ValueError("real images at a wrong camera (--d-wrong-camera-weight) take the next image's "
+                                 "camera in the batch, so they need ≥ 2 images a batch per process")
+            wrong_logits = self.discriminate(real_images, real.c, real_patch, real.camera_angles.roll(1, dims=0),
+                                             kimg)
+            loss = loss + self.wrong_camera_weight * F.softplus(wrong_logits).mean()
+            stats["scores/real_wrong_camera"] = wrong_logits.mean().item()
+        stats["loss/D"] = loss.item()
         return PhaseResult(loss, stats, fake_logits=fake_logits.detach(), real_logits=real_logits.detach())
 
     def r1_loss(self, real: RealBatch, real_patch: PatchParams, kimg: float, interval: int) -> PhaseResult:

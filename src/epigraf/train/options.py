@@ -43,6 +43,7 @@ class PresetRecipe:
     d_camera_cond: bool = False
     d_camera_cond_drop_p: float = 0.5
     d_alpha: bool = False
+    d_wrong_camera_weight: float = 0.0
 
 
 # The paper's schedule (docs/method.md §5): batch 64, D-input blur of σ = 10 px fading over 200 kimg.
@@ -131,6 +132,11 @@ class TrainOptions:
               "dataset's masks) for reals, G's opacity for fakes (default: the preset's, off; on the built-in run it "
               "made the geometry worse, docs/results.md)"
     )
+    d_wrong_camera_weight: float | None = option(
+        None, "D also sees each real image at another real image's camera, as a fake with this weight (a "
+              "matching-aware D: it must tell whether an image shows its camera's view); needs --d-camera-cond "
+              "(default: the preset's, 0)"
+    )
     g_camera_cond: bool = option(False, "generator pose conditioning (GPC)")
     pose_cond: bool = option(False, "the original's recipe for posed data (FFHQ, Cats): --d-camera-cond (Fourier "
                                     "camera features, drop p --d-camera-cond-drop-p) plus --g-camera-cond")
@@ -183,7 +189,7 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        for name in ("blur_init_sigma", "blur_fade_kimg", "distortion_weight"):
+        for name in ("blur_init_sigma", "blur_fade_kimg", "distortion_weight", "d_wrong_camera_weight"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be ≥ 0, got {value}")
