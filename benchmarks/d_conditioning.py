@@ -15,17 +15,15 @@ and no blur: the D of the snapshot as it is at the end of training. Prints a tab
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from machine import device_name
+from machine import device_name, write_result
 
 from epigraf.checkpoint import load_checkpoint
 from epigraf.data.builtin import default_dir
 from epigraf.data.dataset import ImageDataset
-from epigraf.files import strict_json
 from epigraf.patches import PatchParams, extract_patches
 from epigraf.process_settings import flush_denormals
 
@@ -96,9 +94,7 @@ def main() -> None:
     print(f"| the next class | {result['logit_wrong_class']:+.3f} | {result['drop_wrong_class']:+.3f} | "
           f"{result['fraction_true_above_wrong_class']:.2f} |")
     out = args.out or RESULTS / f"dcond_{args.network.parent.parent.name}_{args.network.stem}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(strict_json(result), indent=1, allow_nan=False) + "\n")
-    print(f"wrote {out}")
+    write_result(out, result)
 
 
 if __name__ == "__main__":

@@ -44,12 +44,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import device_name
+from machine import device_name, write_result
 from PIL import Image
 
 from epigraf.config import ModelConfig, PatchConfig, preset
 from epigraf.data.builtin import TOYS, build_builtin_dataset, load_geometry
-from epigraf.files import strict_json
 from epigraf.metrics.builtin_truth import load_builtin_truth
 from epigraf.metrics.geometry import GeneratorModel, GeometryProtocol, depth_scores, mesh_scores, render_views
 from epigraf.nn.field import split_planes
@@ -278,9 +277,7 @@ def main() -> None:
     print(f"{result['device']}, {result['threads']} threads, load average at the end {result['load_average_at_end']}, "
           f"{step} steps at {result['steps_per_second']:.2f} steps/s, wall {result['wall_seconds'] / 60:.1f} min")
     out = args.out or RESULTS / f"fit_{name}_{args.mode}{'-' + args.tag if args.tag else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(strict_json(result), indent=1, allow_nan=False) + "\n")
-    print(f"wrote {out}")
+    write_result(out, result)
 
 
 if __name__ == "__main__":

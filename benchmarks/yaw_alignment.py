@@ -14,17 +14,15 @@ says the pose is fixed. Prints a table, writes JSON (default ``benchmarks/result
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 import torch
-from machine import device_name
+from machine import device_name, write_result
 
 from epigraf.checkpoint import load_checkpoint
 from epigraf.data.builtin import default_dir
-from epigraf.files import strict_json
 from epigraf.metrics.builtin_truth import load_builtin_truth
 from epigraf.metrics.geometry import GeneratorModel, GeometryProtocol, check_model_fits, yaw_alignment
 from epigraf.process_settings import flush_denormals
@@ -70,12 +68,10 @@ def main() -> None:
     print(f"{'mean':14s} {mean('silhouette_iou', 'at_zero'):9.3f} {mean('depth_error', 'at_zero'):10.3f} "
           f"{'':8s} {mean('silhouette_iou', 'at_best'):6.3f} {mean('depth_error', 'at_best'):6.3f}")
     out = args.out or RESULTS / f"yaw_{args.network.stem}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {"network": str(args.network), "steps": args.steps, "device": device_name(torch.device("cpu")),
               "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t0,
               "protocol": protocol.describe(), "classes": rows}
-    out.write_text(json.dumps(strict_json(result), indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result(out, result)
 
 
 if __name__ == "__main__":
