@@ -229,9 +229,6 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
     if batch_size % env.world_size:
         raise ValueError(f"batch size {batch_size} is not divisible by the {env.world_size} processes")
     batch_gpu = batch_size // env.world_size
-    if opts.d_wrong_camera_weight > 0 and batch_gpu < 2:
-        raise ValueError(f"--d-wrong-camera-weight shows D each real image at the next one's camera, so it needs ≥ 2 "
-                         f"images a batch per process, got {batch_gpu}")
     tick_kimg = opts.tick_kimg
 
     resume = None
@@ -249,6 +246,7 @@ def _train(opts: TrainOptions, base: ModelConfig, env: distributed.DistEnv, inte
     G_opt, D_opt = make_optimizers(G, D, opts.g_lr, opts.d_lr, opts.r1_interval)
     loss = PatchGANLoss(cfg, G, D, augment, cfg.r1_gamma, opts.blur_init_sigma, opts.blur_fade_kimg,
                         distortion_weight=opts.distortion_weight, wrong_camera_weight=opts.d_wrong_camera_weight)
+    loss.check_batch(batch_gpu)
 
     step, cur_nimg, cur_tick, skipped = 0, 0, 0, 0
     if resume is not None:

@@ -64,6 +64,13 @@ class PatchGANLoss:
         self.blur_init_sigma, self.blur_fade_kimg = blur_init_sigma, blur_fade_kimg
         self.deterministic_render = deterministic_render
 
+    def check_batch(self, batch: int) -> None:
+        """Refuse a per-process batch the objective cannot use: real images at a wrong camera take the next
+        image's camera in the batch, so they need ≥ 2 images."""
+        if self.wrong_camera_weight > 0 and batch < 2:
+            raise ValueError("real images at a wrong camera (--d-wrong-camera-weight) take the next image's camera "
+                             f"in the batch, so they need ≥ 2 images a batch per process, got {batch}")
+
     def generate(self, fake: FakeDraws, kimg: float, update_emas: bool = False, with_distortion: bool = False
                  ) -> GeneratorOutput:
         """Fake patches (image [b, 3, r, r]) at the draws' patch parameters; G's mapping sees the draws'
@@ -126,9 +133,7 @@ class PatchGANLoss:
         loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
         stats = {"scores/fake": fake_logits.mean().item(), "scores/real": real_logits.mean().item()}
         if self.wrong_camera_weight > 0:
-            if real.camera_angles.shape[0] < 2:
-                raise ValueError("real images at a wrong camera (--d-wrong-camera-weight) take the next image's "
-                                 "camera in the batch, so they need ≥ 2 images a batch per process")
+            self.check_batch(real.camera_angles.shape[0])
             wrong_logits = self.discriminate(real_images, real.c, real_patch, real.camera_angles.roll(1, dims=0),
                                              kimg)
             loss = loss + self.wrong_camera_weight * F.softplus(wrong_logits).mean()
