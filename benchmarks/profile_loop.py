@@ -14,6 +14,10 @@ what each op costs the step, its output's allocation included. ``--timer profile
 CPU time instead; on the 2-core machines of benchmarks/RESULTS.md it inflated large element-wise ops by 5–15×
 (a leaky-ReLU backward over 16 × 16,384 × 32 floats: 65 ms a call under the profiler, 6–11 ms timed at dispatch
 and alone). Four warm-up iterations: the first two still fault in new heap pages (benchmarks/RESULTS.md).
+
+With the dispatch timer each phase also gets its convolutions' FLOPs (torch.utils.flop_counter's formulas, the
+backward's included) and their rate, beside this machine's fp32 rate for a 2048² matrix product at the same
+threads: how far the convolutions are from what the CPU can do.
 """
 
 from __future__ import annotations
@@ -33,23 +37,43 @@ from epigraf.process_settings import flush_denormals, tune_cpu_allocator
 
 
 def dispatch_timer():
-    """A TorchDispatchMode whose ``ops`` maps each aten op's name to [wall ms, calls] over the ops run inside it."""
+    """A TorchDispatchMode whose ``ops`` maps each aten op's name to [wall ms, calls, FLOPs] over the ops run inside
+    it; the FLOPs are torch.utils.flop_counter's (convolutions and matrix products, their backward included)."""
     from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
 
     class DispatchTimer(TorchDispatchMode):
         def __init__(self) -> None:
             super().__init__()
-            self.ops: dict[str, list] = defaultdict(lambda: [0.0, 0])
+            self.ops: dict[str, list] = defaultdict(lambda: [0.0, 0, 0])
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
             start = time.perf_counter()
-            out = func(*args, **(kwargs or {}))
+            out = func(*args, **kwargs)
             entry = self.ops[f"aten::{func.overloadpacket.__name__}"]
             entry[0] += (time.perf_counter() - start) * 1e3
             entry[1] += 1
+            if func.overloadpacket in flop_registry:
+                entry[2] += flop_registry[func.overloadpacket](*args, **kwargs, out_val=out)
             return out
 
     return DispatchTimer()
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matrix-product rate at the current threads (median of ``repeats`` size² products): the
+    ceiling to read the convolutions' rate against."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / sorted(times)[repeats // 2] / 1e9
 
 
 def main() -> None:
@@ -73,8 +97,9 @@ def main() -> None:
     device = torch.device("cpu")
     loss, G_opt, D_opt, env, G_ema, fresh_inputs = build(args.preset, args.batch, args.r1_interval, device)
     plain_timed_phase = loop.timed_phase
-    stats: dict[str, dict] = defaultdict(lambda: {"ops": defaultdict(lambda: [0.0, 0]), "wall": 0.0, "user": 0.0,
+    stats: dict[str, dict] = defaultdict(lambda: {"ops": defaultdict(lambda: [0.0, 0, 0]), "wall": 0.0, "user": 0.0,
                                                   "sys": 0.0, "minflt": 0, "majflt": 0})
+    ceiling = matmul_gflops()
     profiling = {"on": False}
 
     @contextlib.contextmanager
@@ -91,7 +116,7 @@ def main() -> None:
         else:
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 yield
-            op_times = [(e.key, (e.self_cpu_time_total / 1e3, e.count)) for e in prof.key_averages()]
+            op_times = [(e.key, (e.self_cpu_time_total / 1e3, e.count, 0)) for e in prof.key_averages()]
         t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         s = stats[name]
         s["wall"] += t1 - t0
@@ -99,9 +124,9 @@ def main() -> None:
         s["sys"] += r1.ru_stime - r0.ru_stime
         s["minflt"] += r1.ru_minflt - r0.ru_minflt
         s["majflt"] += r1.ru_majflt - r0.ru_majflt
-        for key, (ms, count) in op_times:
-            s["ops"][key][0] += ms
-            s["ops"][key][1] += count
+        for key, values in op_times:
+            for i, value in enumerate(values):
+                s["ops"][key][i] += value
 
     loop.timed_phase = profiled_phase
     for step in range(args.warmup + args.iterations):
@@ -111,19 +136,28 @@ def main() -> None:
     n = args.iterations
     report = {"preset": args.preset, "batch": args.batch, "threads": torch.get_num_threads(), "timer": args.timer,
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "load_average": os.getloadavg(),
-              "phases": {}}
+              "matmul_gflops": ceiling, "phases": {}}
     print(f"{args.preset}, batch {args.batch}, {report['threads']} threads, {report['cpu_capability']}, {args.timer} "
           f"timer, "
-          f"load {' '.join(f'{v:.1f}' for v in os.getloadavg())}; per iteration, mean of {n}")
+          f"load {' '.join(f'{v:.1f}' for v in os.getloadavg())}; per iteration, mean of {n}; fp32 matrix products "
+          f"(2048²) run at {ceiling:.0f} GFLOP/s here")
     for name, s in stats.items():
         total = sum(v[0] for v in s["ops"].values())
         top = sorted(s["ops"].items(), key=lambda kv: -kv[1][0])[: args.rows]
+        conv = [v for k, v in s["ops"].items() if k.startswith("aten::convolution")]
+        conv_ms, conv_flops = sum(v[0] for v in conv), sum(v[2] for v in conv)
         print(f"\n{name}: wall {s['wall'] / n:.2f} s (profiled), user {s['user'] / n:.2f} s, sys {s['sys'] / n:.2f} s, "
               f"minor faults {s['minflt'] / n:.0f}, major {s['majflt'] / n:.0f}; op self time {total / n:.0f} ms")
-        for key, (ms, calls) in top:
-            print(f"  {key:40s} {ms / n:9.1f} ms {100 * ms / total:5.1f} % {calls / n:8.0f} calls")
+        if conv_flops:
+            print(f"  convolutions (forward and backward): {conv_ms / n:.0f} ms, {conv_flops / n / 1e9:.1f} GFLOP, "
+                  f"{conv_flops / conv_ms / 1e6:.0f} GFLOP/s ({conv_flops / conv_ms / 1e6 / ceiling:.0%} of the matrix "
+                  f"products' rate)")
+        for key, (ms, calls, flops) in top:
+            rate = f" {flops / ms / 1e6:6.0f} GFLOP/s" if flops else ""
+            print(f"  {key:40s} {ms / n:9.1f} ms {100 * ms / total:5.1f} % {calls / n:8.0f} calls{rate}")
         report["phases"][name] = {k: v for k, v in s.items() if k != "ops"} | {
-            "top": [[k, ms / n, calls / n] for k, (ms, calls) in top]}
+            "convolution_ms": conv_ms / n, "convolution_gflop": conv_flops / n / 1e9,
+            "top": [[k, ms / n, calls / n, flops / n / 1e9] for k, (ms, calls, flops) in top]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
 
