@@ -70,8 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     camera.add_argument("--refine-steps", type=int, default=d.refine_steps,
                         help="joint refinement steps of the best search candidates before the final fit")
     camera.add_argument("--search-batch", type=int, default=d.search_batch,
-                        help="search candidates fitted together (lower it to save memory: ffhq256 at 7 needs "
-                             "~13 GB on the CPU)")
+                        help="search candidates fitted together; each holds its own render graph, so memory grows "
+                             "with it (lower it on a small machine)")
     p.add_argument("--align", action="store_true",
                    help="detect the largest face, crop it FFHQ-style at the model's resolution (as `epigraf dataset "
                         "faces`) and start the camera at the pose its landmarks give, refined with the latent "
